@@ -1,0 +1,1 @@
+"""edgeaudio.export: int8 quantization and ONNX / TFLite model files (needs torch)."""

@@ -1,0 +1,1 @@
+"""edgeaudio.train: students, teachers, losses and the training loop (needs torch)."""

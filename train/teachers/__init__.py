@@ -1,0 +1,1 @@
+"""Teachers: pretrained audio models that shape the student at training time only."""
