@@ -140,20 +140,22 @@ class Frontend:
 
     def __init__(self, spec: FrontendSpec):
         self.spec = spec
-        self.window = hann_window(spec.win_length)
-        self.fb_t = np.ascontiguousarray(spec.filterbank_matrix().T)  # [freq, bins]
+        self.window = hann_window(spec.win_length).astype(np.float64)
+        self.fb_t = np.ascontiguousarray(spec.filterbank_matrix().T, dtype=np.float64)
 
     def power_spectrum(self, wave: np.ndarray) -> np.ndarray:
         s = self.spec
-        wave = np.asarray(wave, dtype=np.float32)
+        # float64 from framing to log: quiet bins sit ~20 nats below a frame's peak, beyond
+        # float32's reach, and the training twin computes the same way.
+        wave = np.asarray(wave, dtype=np.float64)
         n = s.n_frames(len(wave))
         if n == 0:
-            return np.zeros((0, s.n_fft // 2 + 1), np.float32)
+            return np.zeros((0, s.n_fft // 2 + 1), np.float64)
         frames = np.lib.stride_tricks.sliding_window_view(wave, s.win_length)[::s.hop_length][:n]
         spec = np.fft.rfft(frames * self.window, n=s.n_fft, axis=-1)
-        return (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+        return spec.real ** 2 + spec.imag ** 2
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         """``[samples]`` float waveform -> ``[frames, bins]`` float32 log features."""
         power = self.power_spectrum(wave)
-        return np.log(power @ self.fb_t + np.float32(self.spec.log_offset)).astype(np.float32)
+        return np.log(power @ self.fb_t + self.spec.log_offset).astype(np.float32)

@@ -1,0 +1,129 @@
+"""Model: a self-describing model file plus a backend; classify clips, open streams."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .audio import check_waveform, load_audio, resample, to_mono
+from .backends import open_backend
+from .errors import ModelFileError
+from .frontend import Frontend
+from .modelfile import read_model_bytes
+
+DEFAULT_MODEL_NAME = "esc10-placeholder.tflite"  # until the ESC-50 student lands
+
+
+def default_model_path() -> Path:
+    """The model bundled inside the package (see edgeaudio/models/MODEL_CARD.md)."""
+    path = Path(str(resources.files("edgeaudio.models") / DEFAULT_MODEL_NAME))
+    if not path.exists():
+        raise ModelFileError(f"the bundled default model is missing ({path}); reinstall "
+                             "edgeaudio or pass --model")
+    return path
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class ClipResult:
+    labels: list
+    scores: np.ndarray           # [classes], the clip's pooled scores
+    window_scores: np.ndarray    # [windows, classes]
+
+    @property
+    def frames(self) -> int:
+        return len(self.window_scores)
+
+    def top(self, k: int = 3) -> list:
+        order = np.argsort(-self.scores)[:k]
+        return [(self.labels[i], float(self.scores[i])) for i in order]
+
+    def to_dict(self, k: int = 3, file: str | None = None) -> dict:
+        d = {"file": file} if file is not None else {}
+        d.update({"top": [{"label": lab, "score": round(s, 4)} for lab, s in self.top(k)],
+                  "frames": self.frames})
+        return d
+
+
+class Model:
+    """A loaded model file. ``Model(path)``; ``model.classify(audio)``; ``model.stream()``."""
+
+    def __init__(self, path=None, backend: str = "auto", threads: int = 1):
+        path = default_model_path() if path is None else path
+        self.path, data, self.format = read_model_bytes(path)
+        self.backend = open_backend(self.path, data, self.format, backend, threads)
+        self.info = self.backend.info
+        self.frontend = Frontend(self.info.frontend)
+        expected = (1, self.info.n_frames, self.info.frontend.n_bins)
+        if tuple(self.backend.input_shape) != expected:
+            raise ModelFileError(f"{self.path}: model input {self.backend.input_shape} does not "
+                                 f"match its metadata (expected {expected})")
+
+    @property
+    def labels(self) -> list:
+        return self.info.labels
+
+    @property
+    def sample_rate(self) -> int:
+        return self.info.sample_rate
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def scores_for_features(self, features: np.ndarray) -> np.ndarray:
+        """One window of log features ``[n_frames, bins]`` -> class scores."""
+        raw = self.backend.run(features)
+        act = self.info.output_activation
+        if act == "softmax":
+            return softmax(raw)
+        if act == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-raw))
+        return raw
+
+    def scores_for_window(self, wave: np.ndarray) -> np.ndarray:
+        """Exactly ``window_samples`` of audio at the model rate -> class scores."""
+        return self.scores_for_features(self.frontend(wave))
+
+    def window_starts(self, n_samples: int, hop_samples: int) -> list:
+        """Window start positions covering a clip; the last window is zero-padded."""
+        win = self.info.window_samples
+        if n_samples <= win:
+            return [0]
+        n = int(np.ceil((n_samples - win) / hop_samples)) + 1
+        return [i * hop_samples for i in range(n)]
+
+    def classify(self, audio, sample_rate: int | None = None,
+                 hop_seconds: float | None = None) -> ClipResult:
+        """A whole recording (path, or waveform with its ``sample_rate``) -> ClipResult."""
+        if isinstance(audio, (str, Path)):
+            wave = load_audio(audio, self.sample_rate)
+        else:
+            if sample_rate is None:
+                raise ValueError("classify(waveform) needs its sample_rate")
+            wave = resample(check_waveform(to_mono(audio), "waveform"), sample_rate,
+                            self.sample_rate)
+        hop = int(round((hop_seconds or self.info.hop_seconds) * self.sample_rate))
+        win = self.info.window_samples
+        starts = self.window_starts(len(wave), max(1, hop))
+        padded = np.zeros(starts[-1] + win, np.float32)
+        padded[:len(wave)] = wave
+        window_scores = np.stack([self.scores_for_window(padded[s:s + win]) for s in starts])
+        pooled = (window_scores.max(axis=0) if self.info.clip_pooling == "max"
+                  else window_scores.mean(axis=0))
+        return ClipResult(self.labels, pooled, window_scores)
+
+    def stream(self, **settings):
+        """A streaming engine over this model; see ``edgeaudio.stream.Stream``."""
+        from .stream import Stream
+        return Stream(self, **settings)
+
+
+def load_model(path=None, backend: str = "auto", threads: int = 1) -> Model:
+    return Model(path, backend=backend, threads=threads)

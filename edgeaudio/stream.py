@@ -1,0 +1,185 @@
+"""The streaming engine: chunks of audio in, events out, in bounded memory.
+
+A ring buffer holds the last model window; every ``hop_seconds`` of new audio the model scores
+that window. Scores are averaged over the last ``smooth`` hops. A class opens an event after
+``patience`` consecutive hops at or above its threshold and closes it at the first hop below
+``release_ratio * threshold`` (hysteresis, so a score hovering at the threshold does not
+flicker). A window whose RMS level is below ``gate_db`` (dB full scale) is not run through the
+model and scores zero: a softmax over sound classes always names something, even in silence.
+Times are stream time in seconds since the first sample pushed.
+
+Event timing: a hop at stream time ``t`` scored the window ``[t - window, t]``. An event's
+``t_start`` is the start of the window of the first hop of its above-threshold run (the sound
+began no earlier), its ``t_end`` the end of the last window that still scored above release.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+from .audio import to_mono
+
+
+@dataclass
+class Event:
+    label: str
+    score: float              # peak smoothed score so far
+    t_start: float
+    t_end: float | None       # None on the line that opens an event
+    t_detect: float           # stream time at which the engine knew (start) or closed it (end)
+    kind: str                 # "start" or "end"
+
+    def to_dict(self) -> dict:
+        return {"event": self.kind, "label": self.label, "score": round(self.score, 4),
+                "t_start": round(self.t_start, 3),
+                "t_end": None if self.t_end is None else round(self.t_end, 3)}
+
+
+class _ClassState:
+    __slots__ = ("run", "run_start", "open", "t_start", "peak", "last_above")
+
+    def __init__(self):
+        self.run = 0
+        self.run_start = 0.0
+        self.open = False
+        self.t_start = 0.0
+        self.peak = 0.0
+        self.last_above = 0.0
+
+
+class Stream:
+    """``push(chunk) -> list[Event]``; ``flush()`` closes open events at the end of a stream."""
+
+    def __init__(self, model, hop_seconds: float | None = None, smooth: int | None = None,
+                 threshold=None, patience: int | None = None, release_ratio: float | None = None,
+                 gate_db: float | None = None, input_rate: int | None = None):
+        d = model.info.stream
+        self.model = model
+        self.rate = model.sample_rate
+        self.hop_seconds = float(hop_seconds if hop_seconds is not None else d["hop_seconds"])
+        self.hop = max(1, int(round(self.hop_seconds * self.rate)))
+        self.smooth = int(smooth if smooth is not None else d["smooth"])
+        self.patience = int(patience if patience is not None else d["patience"])
+        self.release_ratio = float(release_ratio if release_ratio is not None
+                                   else d["release_ratio"])
+        self.gate_db = float(gate_db if gate_db is not None else d["gate_db"])
+        self.gate_power = 10.0 ** (self.gate_db / 10.0)
+        if self.smooth < 1 or self.patience < 1:
+            raise ValueError("smooth and patience must be at least 1")
+        self.thresholds = self._thresholds(threshold if threshold is not None else d["threshold"])
+        self.window = model.info.window_samples
+        self.window_seconds = self.window / self.rate
+        self.ring = np.zeros(self.window, np.float32)   # the stream before t=0 is silence
+        self.write_pos = 0
+        self.pending = 0            # samples received since the last inference
+        self.samples = 0            # samples received in all
+        self.recent = deque(maxlen=self.smooth)
+        self.scores = np.zeros(len(model.labels), np.float32)   # latest smoothed scores
+        self.n_inferences = 0
+        self.n_events = 0
+        self.states = [_ClassState() for _ in model.labels]
+        self.resampler = (soxr.ResampleStream(input_rate, self.rate, 1, dtype="float32")
+                          if input_rate and input_rate != self.rate else None)
+
+    def _thresholds(self, threshold) -> np.ndarray:
+        labels = self.model.labels
+        if isinstance(threshold, dict):
+            unknown = set(threshold) - set(labels)
+            if unknown:
+                raise ValueError(f"thresholds for unknown labels: {sorted(unknown)}")
+            default = float(self.model.info.stream["threshold"])
+            return np.array([float(threshold.get(lab, default)) for lab in labels], np.float32)
+        return np.full(len(labels), float(threshold), np.float32)
+
+    @property
+    def time(self) -> float:
+        return self.samples / self.rate
+
+    def push(self, chunk: np.ndarray) -> list:
+        chunk = to_mono(chunk)
+        if self.resampler is not None:
+            chunk = self.resampler.resample_chunk(chunk)
+        events = []
+        pos = 0
+        while pos < len(chunk):
+            take = min(self.hop - self.pending, len(chunk) - pos)
+            self._write(chunk[pos:pos + take])
+            self.pending += take
+            self.samples += take
+            pos += take
+            if self.pending == self.hop:
+                self.pending = 0
+                events.extend(self._infer())
+        return events
+
+    def _write(self, piece: np.ndarray) -> None:
+        piece = piece[-self.window:]
+        end = self.write_pos + len(piece)
+        if end <= self.window:
+            self.ring[self.write_pos:end] = piece
+        else:
+            split = self.window - self.write_pos
+            self.ring[self.write_pos:] = piece[:split]
+            self.ring[:end - self.window] = piece[split:]
+        self.write_pos = end % self.window
+
+    def current_window(self) -> np.ndarray:
+        """The last ``window`` samples, oldest first."""
+        return np.concatenate((self.ring[self.write_pos:], self.ring[:self.write_pos]))
+
+    def _infer(self) -> list:
+        window = self.current_window()
+        if float(np.mean(np.square(window, dtype=np.float64))) < self.gate_power:
+            raw = np.zeros(len(self.model.labels), np.float32)
+        else:
+            raw = self.model.scores_for_window(window)
+        self.recent.append(raw)
+        self.scores = np.mean(self.recent, axis=0)
+        self.n_inferences += 1
+        t = self.time
+        events = []
+        for i, st in enumerate(self.states):
+            s = float(self.scores[i])
+            thr = self.thresholds[i]
+            if st.open:
+                if s >= thr * self.release_ratio:
+                    st.peak = max(st.peak, s)
+                    st.last_above = t
+                else:
+                    st.open = False
+                    st.run = 0
+                    events.append(Event(self.model.labels[i], st.peak, st.t_start,
+                                        st.last_above, t, "end"))
+                continue
+            if s >= thr:
+                if st.run == 0:
+                    st.run_start = max(0.0, t - self.window_seconds)
+                    st.peak = 0.0
+                st.run += 1
+                st.peak = max(st.peak, s)
+                if st.run >= self.patience:
+                    st.open, st.t_start, st.last_above = True, st.run_start, t
+                    self.n_events += 1
+                    events.append(Event(self.model.labels[i], st.peak, st.t_start, None, t,
+                                        "start"))
+            else:
+                st.run = 0
+        return events
+
+    def flush(self) -> list:
+        """Close every open event at the current stream time."""
+        events = []
+        for i, st in enumerate(self.states):
+            if st.open:
+                st.open = False
+                st.run = 0
+                events.append(Event(self.model.labels[i], st.peak, st.t_start, self.time,
+                                    self.time, "end"))
+        return events
+
+    def top(self, k: int = 3) -> list:
+        order = np.argsort(-self.scores)[:k]
+        return [(self.model.labels[i], float(self.scores[i])) for i in order]

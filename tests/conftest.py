@@ -1,0 +1,29 @@
+"""Shared test fixtures: where the real data, weights and test model files are."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
+ESC50 = SHARED / "data" / "esc50"
+PLACEHOLDER = TEST_DATA / "esc10-placeholder"   # .onnx / .tflite, made by scripts/make_placeholder_model.py
+
+
+@pytest.fixture(scope="session")
+def esc50():
+    if not (ESC50 / "meta" / "esc50.csv").exists():
+        pytest.skip(f"ESC-50 not found at {ESC50} (set EDGEAUDIO_SHARED to the shared folder)")
+    return ESC50
+
+
+def esc50_rows():
+    return list(csv.DictReader(open(ESC50 / "meta" / "esc50.csv")))
+
+
+def esc50_clip(stem_or_filename: str) -> Path:
+    return ESC50 / "audio" / (Path(stem_or_filename).stem + ".flac")
