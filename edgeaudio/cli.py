@@ -237,9 +237,9 @@ def listen(model, device, input_path, fast, rate, threshold, patience, smooth, h
     listener = Listener(engine, on_event=view.event, on_hop=view.hop)
     if duration is not None:
         source = _limited(source, duration)
-    if not as_json:
-        click.echo(f"listening to {source.device_name} at {source.rate} Hz with {m.info.name} "
-                   f"({m.backend_name}); Ctrl-C to stop", err=True)
+    # on stderr, so JSON on stdout stays clean
+    click.echo(f"listening to {source.device_name} at {source.rate} Hz with {m.info.name} "
+               f"({m.backend_name}); Ctrl-C to stop", err=True)
     try:
         while True:
             try:

@@ -1,0 +1,140 @@
+"""The CLI as a user runs it: real processes, real model files, real clips."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import PLACEHOLDER, esc50_clip
+from tests.runtime.cli_helpers import edgeaudio, error_lines, json_lines
+
+DOG = "5-203128-B-0"
+BABY = "5-151085-A-20"  # crying baby, fold 5
+MODEL = PLACEHOLDER.with_suffix(".tflite")
+
+
+def test_classify_json_one_object_per_file(esc50):
+    r = edgeaudio("classify", "--json", "--top-k", 2, "--model", MODEL,
+                  esc50_clip(DOG), esc50_clip(BABY))
+    assert r.returncode == 0, r.stderr
+    out = json_lines(r.stdout)
+    assert [o["top"][0]["label"] for o in out] == ["dog", "crying_baby"]
+    assert all(set(o) == {"file", "top", "frames"} and len(o["top"]) == 2 for o in out)
+    assert out[0]["frames"] == 18
+
+
+def test_classify_text_uses_the_bundled_model_by_default(esc50):
+    r = edgeaudio("classify", esc50_clip(DOG))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(str(esc50_clip(DOG))) and "dog" in r.stdout
+
+
+def test_info_json_and_text():
+    r = edgeaudio("info", MODEL, "--json")
+    d = json.loads(r.stdout)
+    assert d["sample_rate"] == 16000 and d["backend"] == "litert" and len(d["labels"]) == 10
+    assert d["input_shape"] == [1, 98, 64] and d["size_bytes"] > 1000
+    text = edgeaudio("info", PLACEHOLDER.with_suffix(".onnx")).stdout
+    assert "onnxruntime" in text and "mel filterbank" in text
+
+
+def test_listen_input_fast_json_events(esc50):
+    r = edgeaudio("listen", "--input", esc50_clip(DOG), "--fast", "--json", "--model", MODEL)
+    assert r.returncode == 0, r.stderr
+    events = json_lines(r.stdout)
+    assert events and events[0] == {**events[0], "event": "start", "label": "dog",
+                                    "t_end": None}
+    assert events[-1]["event"] == "end" and events[-1]["t_end"] >= events[-1]["t_start"]
+    assert "listened 5.0 s" in r.stderr
+
+
+def test_listen_plain_lines_when_not_a_terminal(esc50):
+    r = edgeaudio("listen", "--input", esc50_clip(DOG), "--fast", "--model", MODEL)
+    lines = r.stdout.splitlines()
+    assert any(">> dog" in line for line in lines)
+    assert sum("|" in line for line in lines) == 20  # one status line per hop, no \r
+
+
+def test_listen_pcm_on_stdin(esc50):
+    x, _ = sf.read(esc50_clip(DOG), dtype="int16")
+    r = subprocess.run([sys.executable, "-m", "edgeaudio", "listen", "--input", "-", "--json",
+                        "--model", str(MODEL)], input=x.astype("<i2").tobytes(),
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json_lines(r.stdout.decode())[0]["label"] == "dog"
+
+
+def test_listen_real_time_takes_real_time(tmp_path, esc50):
+    x, rate = sf.read(esc50_clip(DOG), dtype="float32")
+    short = tmp_path / "short.wav"
+    sf.write(short, x[: 2 * rate], rate)
+    t0 = time.monotonic()
+    r = edgeaudio("listen", "--input", short, "--json", "--model", MODEL)
+    assert r.returncode == 0
+    assert time.monotonic() - t0 >= 2.0
+
+
+def bad_inputs(tmp_path, esc50):
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(esc50_clip(DOG).read_bytes()[:4000])
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    zero = tmp_path / "zero.wav"
+    sf.write(zero, np.zeros(0, np.float32), 16000)
+    return {"unreadable": (text, "cannot read audio"), "empty": (empty, "empty file"),
+            "truncated flac": (cut, "cannot read audio"), "nan": (nan, "NaN"),
+            "0-length": (zero, "0-length")}
+
+
+@pytest.mark.parametrize("case", ["unreadable", "empty", "truncated flac", "nan", "0-length"])
+def test_bad_audio_one_line_exit_2(tmp_path, esc50, case):
+    path, message = bad_inputs(tmp_path, esc50)[case]
+    r = edgeaudio("classify", path, "--model", MODEL)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+
+
+def test_bad_file_among_good_ones_loses_nothing(tmp_path, esc50):
+    path, _ = bad_inputs(tmp_path, esc50)["empty"]
+    r = edgeaudio("classify", "--json", esc50_clip(DOG), path, "--model", MODEL)
+    assert r.returncode == 2
+    assert json_lines(r.stdout)[0]["top"][0]["label"] == "dog"
+    assert len(error_lines(r.stderr)) == 1
+
+
+@pytest.mark.parametrize("case", ["truncated", "no metadata", "missing"])
+def test_bad_model_one_line_exit_2(tmp_path, case):
+    if case == "truncated":
+        model = tmp_path / "cut.tflite"
+        model.write_bytes(MODEL.read_bytes()[:5000])
+    elif case == "no metadata":
+        onnx = pytest.importorskip("onnx")
+        m = onnx.load(str(PLACEHOLDER.with_suffix(".onnx")))
+        del m.metadata_props[:]
+        model = tmp_path / "bare.onnx"
+        onnx.save(m, str(model))
+    else:
+        model = tmp_path / "missing.onnx"
+    r = edgeaudio("info", model)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+
+
+def test_unknown_device_one_line_exit_2():
+    r = edgeaudio("listen", "--device", "no-such-microphone-xyz", "--model", MODEL)
+    assert r.returncode == 2
+    errors = error_lines(r.stderr)
+    assert len(errors) == 1 and "no input device named" in errors[0], r.stderr
+
+
+def test_help_has_examples():
+    r = edgeaudio("listen", "--help")
+    assert "Examples:" in r.stdout and "--threshold" in r.stdout
