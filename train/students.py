@@ -29,6 +29,7 @@ bias), MaxPool2d with static kernels, reductions over fixed axes (no adaptive po
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -287,9 +288,8 @@ def count_macs_per_second(student: HarmonicStudent, seconds: float = 10.0) -> di
 
     def hook(module, inputs, output):
         nonlocal total
-        if isinstance(module, nn.Conv2d) or isinstance(module, nn.Conv1d):
-            per_output = (module.in_channels // module.groups) * \
-                int(torch.tensor(module.kernel_size).prod())
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
             total += output.numel() * per_output
         elif isinstance(module, nn.Linear):
             total += output.numel() * module.in_features
