@@ -79,12 +79,13 @@ def _c_float(value) -> str:
     return text + "f"
 
 
-def _c_double(value) -> str:
-    """Shortest literal that reads back as the same float64."""
+def _c_fft_real(value) -> str:
+    """Shortest float64 literal, cast to the FFT's type (the explicit cast keeps -Wconversion
+    quiet in float builds; the rounding is the same as numpy's astype(float32))."""
     v = float(value)
     if not math.isfinite(v):
         raise ValueError(f"cannot write non-finite value {value!r} into the header")
-    return repr(v)
+    return f"EA_TW({v!r})"
 
 
 def _c_array(ctype: str, name: str, size: str, values, per_line: int, fmt) -> str:
@@ -157,10 +158,11 @@ def frontend_header_text(spec, input_scale=None, input_zero_point=None) -> str:
         ]
     out += [
         "",
-        "/* The FFT's arithmetic. float suits FPUs without double (Cortex-M4F/M33); its rounding",
-        " * leaks into weak bins at about 1e-7 of the loudest mirror bin (k <-> N/2 - k), which",
-        " * moves near-silent log features by up to ~3e-3 on loud clips. EA_FFT_DOUBLE matches",
-        " * the numpy front end to ~1e-5 where double is cheap (host, Cortex-M7 with a DP FPU). */",
+        "/* The FFT's arithmetic. float suits FPUs without double (Cortex-M4F/M33), but a float",
+        " * radix-2 FFT leaks ~1e-7 of the mirror bin (k <-> N/2 - k) into each bin, which moves",
+        " * near-silent log features of loud frames by up to 3e-3 (ESC-50). Build with",
+        " * -DEA_FFT_DOUBLE to match the float64 numpy front end to 1e-6 where double is cheap",
+        " * (host, Cortex-M7 with a double FPU). */",
         "#ifdef EA_FFT_DOUBLE",
         "typedef double ea_fft_real_t;",
         "#else",
@@ -174,8 +176,10 @@ def frontend_header_text(spec, input_scale=None, input_zero_point=None) -> str:
         "/* Periodic Hann window, the float32 values of edgeaudio.frontend.hann_window. */",
         _c_array("float", "ea_window", "EA_WIN_LENGTH", window, 6, _c_float),
         "/* Twiddles W_N^k = cos(2*pi*k/N) - i*sin(2*pi*k/N), k < N/2. */",
-        _c_array("ea_fft_real_t", "ea_twiddle_cos", "EA_N_FFT / 2", tw_cos, 4, _c_double),
-        _c_array("ea_fft_real_t", "ea_twiddle_sin", "EA_N_FFT / 2", tw_sin, 4, _c_double),
+        "#define EA_TW(x) ((ea_fft_real_t)(x))",
+        _c_array("ea_fft_real_t", "ea_twiddle_cos", "EA_N_FFT / 2", tw_cos, 3, _c_fft_real),
+        _c_array("ea_fft_real_t", "ea_twiddle_sin", "EA_N_FFT / 2", tw_sin, 3, _c_fft_real),
+        "#undef EA_TW",
         "/* Sparse filterbank: bin b weights FFT bins [start, start + length) with",
         " * ea_fb_weights[offset .. offset + length). */",
         _c_array("ea_fb_index_t", "ea_fb_start", "EA_N_BINS", starts, 16, str),
@@ -198,10 +202,11 @@ def write_frontend_header(spec, path, input_scale=None, input_zero_point=None) -
     With ``input_scale``/``input_zero_point`` (the model's int8 input quantization) the header
     also defines EA_HAS_INPUT_QUANT, EA_INPUT_SCALE and EA_INPUT_ZERO_POINT.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / HEADER_NAME
+    is_dir = Path(path).is_dir() or str(path).endswith(("/", "\\"))
+    path = Path(path) / HEADER_NAME if is_dir else Path(path)
     text = frontend_header_text(spec, input_scale, input_zero_point)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path  # unchanged: keep the mtime so make does not rebuild
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -85,7 +85,7 @@ static void process_frame(const float *frame, ea_fft_real_t *fft, float *power,
 {
     int i, b;
     for (i = 0; i < EA_WIN_LENGTH; i++)
-        fft[i] = frame[i] * ea_window[i]; /* a float product, as numpy's float32 frames */
+        fft[i] = (ea_fft_real_t)frame[i] * (ea_fft_real_t)ea_window[i]; /* exact in double */
     for (; i < EA_N_FFT; i++)
         fft[i] = 0;
 
