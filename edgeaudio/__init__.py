@@ -5,6 +5,13 @@
     model.classify("dog.wav").top(3)               # [("dog", 0.91), ...]
     stream = model.stream(threshold=0.6)           # push(chunk) -> [Event, ...]
 """
+import os
+
+# Real-time audio makes many small matrix products (the front end's filterbank). OpenBLAS's
+# worker threads busy-wait between them: measured here, a whole core for no speed-up. One BLAS
+# thread unless the user chose otherwise (effective when edgeaudio is imported before numpy).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 __version__ = "0.1.0"
 
 from .errors import AudioError, BackendError, DeviceError, EdgeAudioError, ModelFileError

@@ -1,0 +1,43 @@
+# The two set-up commands: `make demo` (the main job) and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The pinned CPU build; any other torch requirement pulls a multi-GB CUDA build.
+TORCH_VERSION ?= 2.13.0
+APT_PACKAGES := pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 gcc
+
+.PHONY: setup demo test system-deps placeholder-model examples bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	@bash scripts/system_deps.sh $(APT_PACKAGES)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[train,export,dev]'
+	touch $@
+
+system-deps:
+	@bash scripts/system_deps.sh $(APT_PACKAGES)
+
+# `make demo` listens to the microphone; with no microphone (or INPUT=file) it streams a
+# recording through the same engine in real time.
+demo: setup
+	@bash scripts/demo.sh $(INPUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Regenerate the committed model files and example clips (needs ../shared).
+placeholder-model: setup
+	$(BIN)/python scripts/make_placeholder_model.py --out tests/data --out edgeaudio/models
+
+examples: setup
+	$(BIN)/python scripts/make_examples.py
+
+bench: setup
+	$(BIN)/python bench/runtime.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
