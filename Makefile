@@ -26,8 +26,24 @@ system-deps:
 demo: setup
 	@bash scripts/demo.sh $(INPUT)
 
-test: setup
+test: setup $(TFLITE_VENV)/.setup-done
 	$(BIN)/python -m pytest -q
+	@if [ -x $(TFLITE_VENV)/bin/python ]; then \
+	    echo "the backend suite again, under tflite-runtime (numpy < 2):"; \
+	    $(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime/test_backends.py; \
+	fi
+
+# tflite-runtime 2.14, the fallback interpreter of older devices, needs numpy < 2: it gets a
+# small venv of its own with the runtime alone, so the backend suite runs under it too.
+TFLITE_VENV := .venv-tflite-runtime
+$(TFLITE_VENV)/.setup-done: pyproject.toml
+	$(PYTHON) -m venv $(TFLITE_VENV)
+	@$(TFLITE_VENV)/bin/python -m pip install -q 'numpy<2' 'tflite-runtime==2.14.0' pytest \
+	    soundfile sounddevice soxr click onnxruntime flatbuffers \
+	  && $(TFLITE_VENV)/bin/python -m pip install -q --no-deps -e . \
+	  || { echo "note: tflite-runtime is not available for this Python/platform; skipping it"; \
+	       rm -rf $(TFLITE_VENV); mkdir -p $(TFLITE_VENV); }
+	touch $@
 
 # Regenerate the committed model files and example clips (needs ../shared).
 placeholder-model: setup
@@ -40,4 +56,4 @@ bench: setup
 	$(BIN)/python bench/runtime.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(TFLITE_VENV) build *.egg-info .pytest_cache
