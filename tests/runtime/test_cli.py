@@ -1,5 +1,8 @@
 """The CLI as a user runs it: real processes, real model files, real clips."""
 import json
+import os
+import pty
+import signal
 import subprocess
 import sys
 import time
@@ -8,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import PLACEHOLDER, esc50_clip
+from tests.conftest import PLACEHOLDER, REPO, esc50_clip
 from tests.runtime.cli_helpers import edgeaudio, error_lines, json_lines
 
 DOG = "5-203128-B-0"
@@ -138,3 +141,41 @@ def test_unknown_device_one_line_exit_2():
 def test_help_has_examples():
     r = edgeaudio("listen", "--help")
     assert "Examples:" in r.stdout and "--threshold" in r.stdout
+
+
+def test_live_view_updates_in_place_on_a_terminal(esc50):
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "edgeaudio", "listen", "--input",
+                             str(esc50_clip(DOG)), "--fast", "--model", str(MODEL)],
+                            stdout=follower, stderr=subprocess.PIPE, cwd=REPO)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(leader)
+    screen = b"".join(chunks).decode()
+    assert screen.count("\r\x1b[K") >= 20  # each hop rewrites the status line
+    assert ">> dog" in screen
+
+
+def test_ctrl_c_exits_cleanly_with_a_summary(esc50):
+    proc = subprocess.Popen([sys.executable, "-m", "edgeaudio", "listen", "--input",
+                             str(esc50_clip(DOG)), "--json", "--model", str(MODEL)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stderr.readline().startswith("listening to")
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert "Traceback" not in err
+    summary = [line for line in err.splitlines() if line.startswith("listened")]
+    assert len(summary) == 1, err
+    seconds = float(summary[0].split()[1])
+    assert 1.0 <= seconds <= 4.0

@@ -1,6 +1,7 @@
 """The real microphone path: a PulseAudio server with a null sink, a real recording played into
 it with paplay, captured by `edgeaudio listen --device pulse` through sounddevice and ALSA's
 pulse plugin. No mock: this is the path a Raspberry Pi with a USB microphone takes."""
+import json
 import os
 import shutil
 import subprocess
@@ -95,3 +96,12 @@ def test_reconnect_when_the_device_comes_back(pulse):
     out, err = proc.communicate(timeout=40)
     assert proc.returncode == 0, err
     assert "1 reconnect(s)" in err and "listened 6.0 s" in err
+
+
+def test_devices_lists_the_pulse_input(pulse):
+    r = subprocess.run([sys.executable, "-m", "edgeaudio", "devices", "--json"], cwd=REPO,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    devices = json.loads(r.stdout)
+    pulse_in = [d for d in devices if d["name"] == "pulse"]
+    assert pulse_in and pulse_in[0]["channels"] >= 1 and pulse_in[0]["default_rate"] > 0
