@@ -23,7 +23,7 @@ EXIT_USAGE = 2
 LAZY_COMMANDS = {
     "train": ("edgeaudio.train.cli", "train_command", "train"),
     "evaluate": ("edgeaudio.train.cli", "evaluate_command", "train"),
-    "probe": ("edgeaudio.train.cli", "probe_command", "train"),
+    "probe": ("edgeaudio.train.probe", "probe_command", "train"),
     "teacher": ("edgeaudio.train.cli", "teacher_group", "train"),
     "export": ("edgeaudio.export.cli", "export_command", "export"),
 }
