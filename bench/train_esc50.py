@@ -1,0 +1,182 @@
+"""ESC-50 ablation of the train CLI: student alone vs feature-informed regularisation vs
+probe-then-distill, same student size and budget.
+
+    # run rows (sequentially, each resumable: a killed row continues from its checkpoint)
+    nohup .venv/bin/python bench/train_esc50.py run student con-yamnet --folds 1 > runs/bench-a.log 2>&1 &
+    .venv/bin/python bench/train_esc50.py run kd --folds 1-5
+    .venv/bin/python bench/train_esc50.py run student kd --folds 1 --fraction 0.1
+    # collect what has finished into bench/results/train_esc50.json and print a markdown table
+    .venv/bin/python bench/train_esc50.py report
+    .venv/bin/python bench/train_esc50.py list        # rows and their equivalent CLI commands
+
+Runs live in ``runs/bench/train_esc50/<row>[-frac<pct>]/fold<k>`` (gitignored). Run at most two
+at once on a 2-core machine (each uses one torch thread). Nothing here is hard-coded: the report
+reads each run's ``metrics.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
+ESC50 = SHARED / "data" / "esc50"
+RUNS = REPO / "runs" / "bench" / "train_esc50"
+RESULTS = REPO / "bench" / "results" / "train_esc50.json"
+
+YE = ["yamnet", "efficientat"]
+# name -> (description, TrainConfig overrides). Same student, epochs, schedule, augmentation.
+ROWS = {
+    "student": ("student alone", {}),
+    "con-yamnet": ("+ Con-Reg(YAMNet)", {"teachers": ["yamnet"], "reg": "con"}),
+    "con-yamnet+efficientat": ("+ Con-Reg(YAMNet+EfficientAT)", {"teachers": YE, "reg": "con"}),
+    "dis-yamnet+efficientat": ("+ Dis-Reg(YAMNet+EfficientAT)", {"teachers": YE, "reg": "dis"}),
+    "kd": ("+ KD from an EfficientAT linear probe", {"kd": 0.7}),
+    "kd+con": ("+ KD(probe) + Con-Reg(YAMNet+EfficientAT)",
+               {"kd": 0.7, "teachers": YE, "reg": "con"}),
+}
+BASE = {"recipe": "esc50", "student": "small", "epochs": 60, "seed": 0}
+
+
+def row_config(row: str, fold: int, fraction: float):
+    from edgeaudio.train.loop import TrainConfig
+    return TrainConfig(data=str(ESC50), fold=fold, train_fraction=fraction,
+                       **{**BASE, **ROWS[row][1]})
+
+
+def run_dir(row: str, fold: int, fraction: float) -> Path:
+    suffix = "" if fraction >= 1.0 else f"-frac{int(round(fraction * 100))}"
+    return RUNS / f"{row}{suffix}" / f"fold{fold}"
+
+
+def cli_command(row: str, fold: int, fraction: float) -> str:
+    cfg = ROWS[row][1]
+    parts = ["edgeaudio train --data ../shared/data/esc50 --recipe esc50", f"--fold {fold}",
+             f"--student {BASE['student']}", f"--epochs {BASE['epochs']}", f"--seed {BASE['seed']}"]
+    parts += [f"--teacher {t}" for t in cfg.get("teachers", [])]
+    if cfg.get("reg"):
+        parts.append(f"--reg {cfg['reg']}")
+    if cfg.get("kd"):
+        parts.append(f"--kd {cfg['kd']}")
+    if fraction < 1.0:
+        parts.append(f"--train-fraction {fraction}")
+    parts.append(f"--out {run_dir(row, fold, fraction).relative_to(REPO)}")
+    return " ".join(parts)
+
+
+def run_rows(rows, folds, fraction, progress):
+    import torch
+    from edgeaudio.train.loop import train
+
+    torch.set_num_threads(1)
+    for row in rows:
+        for fold in folds:
+            out = run_dir(row, fold, fraction)
+            if (out / "metrics.json").exists():
+                print(f"[{row} fold {fold} frac {fraction}] done already", flush=True)
+                continue
+            print(f"[{row} fold {fold} frac {fraction}] {cli_command(row, fold, fraction)}",
+                  flush=True)
+            t0 = time.time()
+            metrics = train(row_config(row, fold, fraction), out,
+                            resume=(out / "checkpoint.pt").exists(), progress=progress)
+            print(f"[{row} fold {fold} frac {fraction}] accuracy {metrics['accuracy']:.4f} "
+                  f"({(time.time() - t0) / 60:.1f} min)", flush=True)
+
+
+def collect() -> dict:
+    results = {"rows": [], "machine": {"platform": platform.platform(),
+                                       "processor": platform.processor() or platform.machine(),
+                                       "cpus": os.cpu_count()}}
+    if not RUNS.exists():
+        return results
+    for folder in sorted(RUNS.iterdir()):
+        name = folder.name
+        row, fraction = name, 1.0
+        if "-frac" in name:
+            row, pct = name.rsplit("-frac", 1)
+            fraction = int(pct) / 100
+        if row not in ROWS:
+            continue
+        folds = {}
+        for fold_dir in sorted(folder.glob("fold*")):
+            metrics_path = fold_dir / "metrics.json"
+            if not metrics_path.exists():
+                continue
+            m = json.loads(metrics_path.read_text())
+            fold = int(fold_dir.name[4:])
+            folds[fold] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                           "train_seconds": m["train_seconds"], "epochs": m["epochs"],
+                           "n_train": m["n_train"], "params": m["params"],
+                           "macs_per_second": m["macs_per_second"],
+                           "probe_test_accuracy": (m.get("kd") or {}).get("probe_test_accuracy"),
+                           "command": cli_command(row, fold, fraction)}
+        if not folds:
+            continue
+        accs = [f["accuracy"] for f in folds.values()]
+        results["rows"].append({
+            "row": row, "description": ROWS[row][0], "train_fraction": fraction,
+            "folds": folds, "accuracy_mean": sum(accs) / len(accs), "n_folds": len(accs)})
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = ["| row | train data | folds | accuracy | params | MACs / s audio | CPU train time / fold |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(results["rows"], key=lambda r: (-r["train_fraction"], list(ROWS).index(r["row"]))):
+        folds = r["folds"]
+        one = next(iter(folds.values()))
+        if r["n_folds"] > 1:
+            import statistics
+            accs = [f["accuracy"] for f in folds.values()]
+            acc = (f"{100 * r['accuracy_mean']:.1f} ± {100 * statistics.pstdev(accs):.1f} "
+                   f"({', '.join(f'{100 * a:.1f}' for a in accs)})")
+        else:
+            acc = f"{100 * one['accuracy']:.1f}"
+        minutes = sum(f["train_seconds"] for f in folds.values()) / len(folds) / 60
+        macs = one["macs_per_second"]
+        lines.append(f"| {r['description']} | {int(r['train_fraction'] * 100)} % | "
+                     f"{','.join(map(str, sorted(folds)))} | {acc} | {one['params']:,} | "
+                     f"{macs['network'] / 1e6:.1f} M (+{macs['filterbank'] / 1e6:.1f} M front end) | "
+                     f"{minutes:.0f} min |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train rows (sequentially; resumable)")
+    run.add_argument("rows", nargs="+", choices=list(ROWS))
+    run.add_argument("--folds", default="1")
+    run.add_argument("--fraction", type=float, default=1.0)
+    run.add_argument("--quiet", action="store_true")
+    sub.add_parser("report", help="collect finished runs, write the JSON, print the table")
+    sub.add_parser("list", help="rows and their equivalent CLI commands")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for row, (desc, _) in ROWS.items():
+            print(f"{row:24s} {desc}\n    {cli_command(row, 1, 1.0)}")
+        return 0
+    if args.command == "run":
+        if not (ESC50 / "meta" / "esc50.csv").exists():
+            print(f"ESC-50 not found at {ESC50} (set EDGEAUDIO_SHARED)", file=sys.stderr)
+            return 2
+        from edgeaudio.train.data import parse_folds
+        run_rows(args.rows, parse_folds(args.folds), args.fraction, not args.quiet)
+        return 0
+    results = collect()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    print(f"\n{RESULTS.relative_to(REPO)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""``edgeaudio train`` and ``edgeaudio evaluate``: thin click shells over ``train.loop``.
+
+Mounted lazily by ``edgeaudio.cli`` (``train_command``, ``evaluate_command``). User errors are
+``EdgeAudioError`` subclasses: the CLI prints one ``error:`` line and exits with code 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgeaudio.errors import EdgeAudioError
+
+from .losses import METHODS, REGULARIZERS
+
+
+class UsageError(EdgeAudioError):
+    pass
+
+
+def _list_students(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from .students import list_students, student_frontend_settings
+    for row in list_students():
+        settings = student_frontend_settings(row["name"])
+        click.echo(f"{row['name']:8s} {row['params']:>9,d} params  embedding {row['embedding_dim']:>3d}"
+                   f"  {row['n_bins']} bins @ {settings['sample_rate']} Hz  {row['description']}")
+    ctx.exit(0)
+
+
+def _list_teachers(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from .teachers.base import list_teachers
+    notes = {"yamnet": "YAMNet (AudioSet, 1024-d every 0.48 s, LiteRT)",
+             "efficientat": "EfficientAT mn04_as (AudioSet, 384-d every 0.32 s; alias mn04)"}
+    for name in list_teachers():
+        click.echo(f"{name:12s} {notes.get(name, '')}")
+    click.echo("combine with '+' (yamnet+efficientat) or repeat --teacher")
+    ctx.exit(0)
+
+
+def _default_out(cfg, folds) -> Path:
+    stem = Path(cfg.data.rstrip("/")).stem or "data"
+    parts = [stem, cfg.student, cfg.reg]
+    if cfg.teachers:
+        parts.append("+".join(cfg.teachers))
+    if cfg.kd:
+        parts.append(f"kd{cfg.kd:g}")
+    if folds:
+        parts.append(f"folds{folds[0]}-{folds[-1]}")
+    elif cfg.fold is not None:
+        parts.append(f"f{cfg.fold}")
+    return Path("runs") / "-".join(parts)
+
+
+@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", type=click.Path(), help="Class folders, a CSV (path,label[,fold]), or "
+              "the ESC-50 folder.")
+@click.option("--recipe", type=click.Choice(["esc50"]), default=None,
+              help="A known dataset layout (esc50: meta/esc50.csv, predefined folds).")
+@click.option("--fold", type=int, default=None, help="Held-out fold (default: the last).")
+@click.option("--folds", default=None, help="Cross-validation over these held-out folds, e.g. 1-5.")
+@click.option("--student", default="small", show_default=True, help="Student size "
+              "(--list-students).")
+@click.option("--teacher", "teachers", multiple=True, help="Teacher for the regulariser "
+              "(repeatable; concatenated).")
+@click.option("--reg", type=click.Choice(REGULARIZERS), default="none", show_default=True,
+              help="Feature-informed regulariser: con (Con-Reg) or dis (Dis-Reg).")
+@click.option("--alpha", type=float, default=None, help="Regulariser weight (default 5 for "
+              "con, 1 for dis).")
+@click.option("--method", type=click.Choice(METHODS), default="student", show_default=True,
+              help="student, or a baseline that also uses the teacher at inference.")
+@click.option("--kd", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Weight of distillation from a linear probe on teacher embeddings.")
+@click.option("--kd-teacher", "kd_teachers", multiple=True,
+              help="Teacher(s) of the probe for --kd (default: efficientat).")
+@click.option("--kd-temperature", type=float, default=2.0, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--crop", "crop_seconds", type=float, default=None,
+              help="Training crop in seconds (default: min(4, longest clip)).")
+@click.option("--mixup", type=float, default=0.3, show_default=True,
+              help="Mixup Beta parameter (0: off).")
+@click.option("--no-specaugment", is_flag=True, help="Turn SpecAugment off.")
+@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              show_default=True, help="Use this stratified share of the training clips.")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Skip unreadable audio (listed in data_report.json) instead of stopping.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default: runs/<data>-<student>-<reg>...).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads (two 1-thread runs beat one 2-thread run).")
+@click.option("--stop-after", type=click.IntRange(1), default=None, hidden=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--list-students", is_flag=True, expose_value=False, is_eager=True,
+              callback=_list_students, help="List the student sizes and exit.")
+@click.option("--list-teachers", is_flag=True, expose_value=False, is_eager=True,
+              callback=_list_teachers, help="List the teachers and exit.")
+def train_command(data, recipe, fold, folds, student, teachers, reg, alpha, method, kd,
+                  kd_teachers, kd_temperature, epochs, batch_size, lr, seed, crop_seconds,
+                  mixup, no_specaugment, train_fraction, skip_unreadable, out, resume, threads,
+                  stop_after, quiet):
+    """Train a student (teachers shape it at training time only)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .data import parse_folds
+    from .loop import TrainConfig, train, train_cv
+    from .students import STUDENTS
+
+    if not data:
+        raise UsageError("--data is required (a folder of class sub-folders, a CSV, or the "
+                         "ESC-50 folder with --recipe esc50)")
+    if student not in STUDENTS:
+        raise UsageError(f"unknown student {student!r} (known: {', '.join(STUDENTS)})")
+    from .teachers.base import list_teachers
+    from .cache import split_teacher_names
+    known = set(list_teachers()) | {"mn04", "mn04_as"}
+    for name in split_teacher_names(list(teachers) + list(kd_teachers)):
+        if name not in known:
+            raise UsageError(f"unknown teacher {name!r} (known: {', '.join(list_teachers())})")
+    if reg != "none" and not teachers:
+        raise UsageError(f"--reg {reg} needs at least one --teacher")
+    if folds and fold is not None:
+        raise UsageError("give --fold or --folds, not both")
+    cfg = TrainConfig(data=str(data), recipe=recipe, fold=fold, student=student,
+                      teachers=list(teachers), reg=reg, alpha=alpha, method=method, kd=kd,
+                      kd_teachers=list(kd_teachers), kd_temperature=kd_temperature,
+                      epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      crop_seconds=crop_seconds, mixup=mixup,
+                      specaugment=not no_specaugment, train_fraction=train_fraction,
+                      skip_unreadable=skip_unreadable)
+    fold_list = parse_folds(folds)
+    out = Path(out) if out else _default_out(cfg, fold_list)
+    progress = not quiet
+    if fold_list:
+        summary = train_cv(cfg, fold_list, out, resume=resume, progress=progress,
+                           threads=threads)
+        click.echo(f"cross-validation over folds {fold_list}: accuracy "
+                   f"{summary['accuracy_mean']:.4f} ± {summary['accuracy_std']:.4f} "
+                   f"(per fold: " + ", ".join(f"{k}: {v:.3f}" for k, v in
+                                             summary["per_fold_accuracy"].items())
+                   + f"); {out / 'cv_metrics.json'}")
+        return
+    metrics = train(cfg, out, resume=resume, progress=progress, stop_after_epoch=stop_after,
+                    threads=threads)
+    if "stopped_after_epoch" in metrics:
+        click.echo(f"stopped after epoch {metrics['stopped_after_epoch']}; continue with "
+                   f"--resume --out {out}")
+        return
+    if "accuracy" in metrics:
+        click.echo(f"held-out accuracy {metrics['accuracy']:.4f} on {metrics['n_test']} clips; "
+                   f"{out / 'metrics.json'}")
+    else:
+        click.echo(f"trained; {out / 'checkpoint.pt'}")
+
+
+@click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run", type=click.Path())
+@click.option("--data", type=click.Path(), default=None,
+              help="Score on this dataset instead of the run's held-out split.")
+@click.option("--recipe", type=click.Choice(["esc50"]), default=None)
+@click.option("--fold", type=int, default=None, help="With --data: only this fold.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Where evaluation.json and the confusion PNG go (default: the run folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
+def evaluate_command(run, data, recipe, fold, out, as_json, threads):
+    """Accuracy, per-class report and confusion matrix of a trained run."""
+    import torch
+    from .loop import evaluate_run
+
+    torch.set_num_threads(threads)
+    report = evaluate_run(run, data, recipe, fold, progress=not as_json, out=out)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "confusion"}))
+        return
+    click.echo(f"accuracy {report['accuracy']:.4f}  macro F1 {report['macro_f1']:.4f}  "
+               f"({report['n_clips']} clips, checkpoint epoch {report['checkpoint_epoch']})")
+    click.echo(f"{'class':24s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'n':>4s}")
+    for label, row in report["per_class"].items():
+        click.echo(f"{label[:24]:24s} {row['precision']:6.3f} {row['recall']:6.3f} "
+                   f"{row['f1']:6.3f} {row['support']:4d}")
+    where = Path(out) if out else Path(run)
+    click.echo(f"{where / 'evaluation.json'}, {where / 'evaluation_confusion.png'}",
+               err=True)

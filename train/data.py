@@ -1,0 +1,447 @@
+"""Datasets for the train CLI: folder-per-class, CSV (path,label[,fold]) and the ESC-50 recipe.
+
+A dataset is a list of ``Item`` (path, label, fold) plus the ordered class names. Loading it
+checks everything a run would trip over later and raises ``DatasetError`` naming the file:
+missing or unreadable audio, duplicate paths, empty classes, empty or unknown labels, bad
+folds. Nothing is dropped silently: files that are not audio (by extension) in a class folder
+are *skipped and listed* in ``Dataset.skipped`` (the train command writes them to
+``data_report.json``), and unreadable audio is an error unless the caller asks to skip it, in
+which case it too is listed.
+
+Waveforms are decoded once (``load_waveforms``) at the student's sample rate, mono float32.
+Training batches are random crops with random gain (``make_crops``); each crop remembers where
+it came from so that the teacher frames covering it can be sliced from the cache.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edgeaudio.errors import AudioError, EdgeAudioError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus")
+RECIPES = ("esc50",)
+SHARED_ENV_VAR = "EDGEAUDIO_SHARED"
+
+
+class DatasetError(EdgeAudioError):
+    """A dataset the train CLI cannot use as given; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: str
+    fold: int | None = None
+    where: str = ""          # "labels.csv line 7", for error messages
+
+
+@dataclass
+class Dataset:
+    items: list[Item]
+    labels: list[str]                      # class names in output order
+    kind: str                              # "folder", "csv", "esc50"
+    source: str                            # what --data pointed at
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def targets(self) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return np.array([index[item.label] for item in self.items], dtype=np.int64)
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted({item.fold for item in self.items if item.fold is not None})
+
+    @property
+    def has_folds(self) -> bool:
+        return any(item.fold is not None for item in self.items)
+
+    def report(self) -> dict:
+        counts = {label: 0 for label in self.labels}
+        for item in self.items:
+            counts[item.label] += 1
+        return {"source": self.source, "kind": self.kind, "n_items": len(self.items),
+                "n_classes": len(self.labels), "folds": self.folds, "per_class": counts,
+                "skipped": list(self.skipped)}
+
+
+def shared_dir(repo_root: Path | None = None) -> Path:
+    root = repo_root or Path(__file__).resolve().parents[1]
+    return Path(os.environ.get(SHARED_ENV_VAR, root.parent / "shared"))
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_dataset(data, recipe: str | None = None) -> Dataset:
+    """``data``: a folder with one sub-folder per class, a CSV file, or (``recipe="esc50"``)
+    the ESC-50 folder (``meta/esc50.csv`` + ``audio/``)."""
+    path = Path(data)
+    if recipe is not None:
+        if recipe != "esc50":
+            raise DatasetError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+        return load_esc50(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / "meta" / "esc50.csv").is_file():
+            return load_esc50(path)
+        return load_folder(path)
+    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        return load_csv(path)
+    raise DatasetError(f"{path}: expected a folder (one sub-folder per class) or a CSV file "
+                       f"(path,label[,fold])")
+
+
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def load_folder(root: Path) -> Dataset:
+    root = Path(root)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DatasetError(f"{root}: no class sub-folders (expected one sub-folder per class, "
+                           f"holding its recordings)")
+    items, skipped = [], []
+    for stray in sorted(p for p in root.iterdir() if p.is_file()):
+        skipped.append({"path": str(stray), "reason": "file at the top level (not in a class "
+                                                      "sub-folder)"})
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file())
+        audio = []
+        for f in files:
+            if _is_audio(f) and not f.name.startswith("."):
+                audio.append(f)
+            else:
+                skipped.append({"path": str(f), "reason": "not an audio file (extension "
+                                                          f"{f.suffix or 'none'})"})
+        if not audio:
+            raise DatasetError(f"{class_dir}: class folder {class_dir.name!r} holds no audio "
+                               f"files ({', '.join(AUDIO_EXTENSIONS)}); remove it or add "
+                               f"recordings")
+        items += [Item(f, class_dir.name, None, str(f)) for f in audio]
+    _check_duplicates(items)
+    return Dataset(items, [d.name for d in class_dirs], "folder", str(root), skipped)
+
+
+def load_csv(path: Path, labels: Sequence[str] | None = None) -> Dataset:
+    """``path,label[,fold]`` with a header row; paths relative to the CSV's folder."""
+    path = Path(path)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle, delimiter=delimiter))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read labels file ({exc})") from exc
+    rows = [(i + 1, r) for i, r in enumerate(rows) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise DatasetError(f"{path}: empty labels file (expected a header path,label[,fold])")
+    header = [c.strip().lower() for c in rows[0][1]]
+    if "path" not in header or "label" not in header:
+        raise DatasetError(f"{path}: the first row must be a header naming the columns "
+                           f"path,label[,fold]; got {','.join(rows[0][1])!r}")
+    col_path, col_label = header.index("path"), header.index("label")
+    col_fold = header.index("fold") if "fold" in header else None
+    items = []
+    for line, row in rows[1:]:
+        where = f"{path} line {line}"
+        if len(row) < len(header):
+            raise DatasetError(f"{where}: expected {len(header)} columns "
+                               f"({','.join(header)}), got {len(row)}")
+        rel, label = row[col_path].strip(), row[col_label].strip()
+        if not rel:
+            raise DatasetError(f"{where}: empty path")
+        if not label:
+            raise DatasetError(f"{where}: {rel}: empty label")
+        if labels is not None and label not in labels:
+            raise DatasetError(f"{where}: {rel}: unknown label {label!r} "
+                               f"(known: {', '.join(labels)})")
+        fold = None
+        if col_fold is not None:
+            text = row[col_fold].strip()
+            try:
+                fold = int(text)
+            except ValueError:
+                raise DatasetError(f"{where}: {rel}: fold must be an integer, got {text!r}") \
+                    from None
+        audio = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        if not audio.is_file():
+            raise DatasetError(f"{where}: audio file not found: {audio}")
+        items.append(Item(audio, label, fold, where))
+    if not items:
+        raise DatasetError(f"{path}: no rows after the header")
+    if col_fold is not None and any(i.fold is None for i in items):
+        raise DatasetError(f"{path}: some rows lack a fold")
+    _check_duplicates(items)
+    class_names = list(labels) if labels is not None else sorted({i.label for i in items})
+    return Dataset(items, class_names, "csv", str(path))
+
+
+def load_esc50(root: Path) -> Dataset:
+    """ESC-50: ``meta/esc50.csv`` (filename, fold, target, category, ...); the csv names
+    ``*.wav`` files, this copy has ``*.flac`` files with the same stem: either is accepted."""
+    root = Path(root)
+    meta = root / "meta" / "esc50.csv"
+    if not meta.is_file():
+        raise DatasetError(f"{root}: not an ESC-50 folder ({meta} is missing)")
+    with open(meta, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    names: dict[int, str] = {}
+    items = []
+    for line, row in enumerate(rows, start=2):
+        where = f"{meta} line {line}"
+        try:
+            target, fold, category = int(row["target"]), int(row["fold"]), row["category"]
+            filename = row["filename"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"{where}: malformed row ({exc})") from None
+        if names.setdefault(target, category) != category:
+            raise DatasetError(f"{where}: target {target} is {category!r} here but "
+                               f"{names[target]!r} elsewhere")
+        audio = root / "audio" / filename
+        if not audio.is_file():
+            candidates = [audio.with_suffix(ext) for ext in AUDIO_EXTENSIONS]
+            found = [c for c in candidates if c.is_file()]
+            if not found:
+                raise DatasetError(f"{where}: audio file not found: {audio} (nor .flac etc.)")
+            audio = found[0]
+        items.append(Item(audio, category, fold, where))
+    if sorted(names) != list(range(len(names))):
+        raise DatasetError(f"{meta}: targets are not 0..{len(names) - 1}")
+    _check_duplicates(items)
+    return Dataset(items, [names[t] for t in range(len(names))], "esc50", str(root))
+
+
+def _check_duplicates(items: Iterable[Item]) -> None:
+    seen: dict[str, Item] = {}
+    for item in items:
+        key = os.path.realpath(item.path)
+        if key in seen:
+            raise DatasetError(f"duplicate path {item.path}: listed at {seen[key].where} and "
+                               f"at {item.where}")
+        seen[key] = item
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+def parse_folds(text: str | None) -> list[int]:
+    """"1-5", "1,3", "2" -> [1, 2, 3, 4, 5], [1, 3], [2]."""
+    if text is None or str(text).strip() == "":
+        return []
+    folds = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            try:
+                lo, hi = int(a), int(b)
+            except ValueError:
+                raise DatasetError(f"bad fold range {part!r} (expected e.g. 1-5)") from None
+            if hi < lo:
+                raise DatasetError(f"bad fold range {part!r}")
+            folds += list(range(lo, hi + 1))
+        else:
+            try:
+                folds.append(int(part))
+            except ValueError:
+                raise DatasetError(f"bad fold {part!r} (expected an integer)") from None
+    return folds
+
+
+def split_indices(dataset: Dataset, test_fold: int | None, *, seed: int = 0,
+                  val_fraction: float = 0.2, train_fraction: float = 1.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) item indices.
+
+    With folds: ``test_fold`` is held out (default: the last fold). Without folds: a
+    stratified, seeded ``val_fraction`` of every class is held out. ``train_fraction`` < 1
+    keeps a stratified, seeded subset of the training items (the data-fraction ablation),
+    at least one clip per class.
+    """
+    targets = dataset.targets
+    n = len(targets)
+    if dataset.has_folds:
+        folds = np.array([item.fold for item in dataset.items])
+        if test_fold is None:
+            test_fold = max(dataset.folds)
+        if test_fold not in dataset.folds:
+            raise DatasetError(f"fold {test_fold} not in the dataset (folds: "
+                               f"{', '.join(map(str, dataset.folds))})")
+        test = np.flatnonzero(folds == test_fold)
+        train = np.flatnonzero(folds != test_fold)
+    else:
+        if test_fold is not None:
+            raise DatasetError(f"--fold {test_fold} given but {dataset.source} has no folds "
+                               f"(a CSV can give them in a fold column)")
+        rng = np.random.default_rng([seed, 7919])
+        test_parts, train_parts = [], []
+        for c in range(len(dataset.labels)):
+            idx = np.flatnonzero(targets == c)
+            idx = idx[rng.permutation(len(idx))]
+            k = int(round(val_fraction * len(idx))) if len(idx) > 1 else 0
+            k = min(max(k, 1 if len(idx) > 1 else 0), len(idx) - 1)
+            test_parts.append(idx[:k])
+            train_parts.append(idx[k:])
+        test, train = np.sort(np.concatenate(test_parts)), np.sort(np.concatenate(train_parts))
+    missing = [dataset.labels[c] for c in range(len(dataset.labels))
+               if not np.any(targets[train] == c)]
+    if missing:
+        raise DatasetError(f"class(es) with no training clips: {', '.join(missing[:10])}"
+                           + (" ..." if len(missing) > 10 else ""))
+    if not 0.0 < train_fraction <= 1.0:
+        raise DatasetError(f"train fraction must be in (0, 1], got {train_fraction}")
+    if train_fraction < 1.0:
+        rng = np.random.default_rng([seed, 104729])
+        keep = []
+        for c in range(len(dataset.labels)):
+            idx = train[targets[train] == c]
+            k = max(1, int(round(train_fraction * len(idx))))
+            keep.append(np.sort(rng.choice(idx, size=k, replace=False)))
+        train = np.sort(np.concatenate(keep))
+    assert n == 0 or len(np.intersect1d(train, test)) == 0
+    return train, test
+
+
+# ------------------------------------------------------------------------------ audio
+
+
+def load_waveforms(items: Sequence[Item], sample_rate: int, *, skip_unreadable: bool = False,
+                   progress: bool = False) -> tuple[list[np.ndarray], list[dict]]:
+    """Decode every item (mono float32 at ``sample_rate``).
+
+    Returns (waveforms, skipped). Unreadable audio raises ``DatasetError`` naming every bad
+    file, unless ``skip_unreadable``: then the bad items get ``None`` and are listed in
+    ``skipped``.
+    """
+    from edgeaudio.audio import load_audio
+
+    waves: list[np.ndarray | None] = []
+    bad = []
+    iterator = items
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(items, desc="decoding audio", unit="clip", leave=False)
+    clipped: list[str] = []
+    quiet = _Collect(clipped)
+    logger = logging.getLogger("edgeaudio")
+    logger.addFilter(quiet)
+    try:
+        for item in iterator:
+            try:
+                wave = load_audio(item.path, sample_rate)
+            except AudioError as exc:
+                bad.append({"path": str(item.path), "reason": str(exc)})
+                waves.append(None)
+                continue
+            waves.append(np.ascontiguousarray(wave, dtype=np.float32))
+    finally:
+        logger.removeFilter(quiet)
+    if clipped:
+        logger.warning("%d of %d clips have clipped samples (e.g. %s); kept as they are",
+                       len(clipped), len(items), clipped[0])
+    if bad and not skip_unreadable:
+        listed = "; ".join(b["reason"] for b in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DatasetError(f"{len(bad)} unreadable audio file(s): {listed}{more}. Fix or remove "
+                           f"them, or pass --skip-unreadable to skip them (they are then "
+                           f"listed in data_report.json)")
+    return waves, bad
+
+
+def drop_items(dataset: Dataset, waves: list, skipped: list[dict]) -> tuple[Dataset, list]:
+    """Remove items whose waveform is None (after ``skip_unreadable``), recording them."""
+    if not skipped:
+        return dataset, waves
+    keep = [i for i, w in enumerate(waves) if w is not None]
+    items = [dataset.items[i] for i in keep]
+    reasons = [dict(s, reason=f"unreadable audio: {s['reason']}") for s in skipped]
+    new = Dataset(items, dataset.labels, dataset.kind, dataset.source,
+                  dataset.skipped + reasons)
+    counts = {label: 0 for label in new.labels}
+    for item in items:
+        counts[item.label] += 1
+    empty = [label for label, count in counts.items() if count == 0]
+    if empty:
+        raise DatasetError(f"class(es) left without readable audio: {', '.join(empty)}")
+    return new, [waves[i] for i in keep]
+
+
+class _Collect(logging.Filter):
+    """Gathers the runtime's per-file clipping warnings into one summary line."""
+
+    def __init__(self, sink: list):
+        super().__init__()
+        self.sink = sink
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "full scale (clipping)" in message:
+            self.sink.append(message.split(":")[0])
+            return False
+        return True
+
+
+@dataclass
+class Crops:
+    """A batch of training crops: ``waves [B, crop]`` and, per crop, its clip and the span
+    it covers in seconds of that clip (for slicing teacher frames)."""
+
+    waves: np.ndarray
+    clip_index: np.ndarray       # dataset item index of each crop
+    start_s: np.ndarray          # crop start within the clip (s); may be < 0 (zero padding)
+    end_s: np.ndarray
+    clip_s: np.ndarray           # clip duration (s)
+
+
+def make_crops(waves: Sequence[np.ndarray], indices: np.ndarray, crop_samples: int,
+               sample_rate: int, rng: np.random.Generator, *, gain_db: float = 0.0,
+               random_crop: bool = True) -> Crops:
+    """Random crops of ``crop_samples`` (clips shorter than that are zero-padded at a random
+    offset), each scaled by a random gain in ``[-gain_db, +gain_db]`` dB."""
+    batch = np.zeros((len(indices), crop_samples), dtype=np.float32)
+    starts = np.zeros(len(indices))
+    clip_s = np.zeros(len(indices))
+    for row, idx in enumerate(indices):
+        wave = waves[idx]
+        n = len(wave)
+        clip_s[row] = n / sample_rate
+        if n >= crop_samples:
+            offset = int(rng.integers(0, n - crop_samples + 1)) if random_crop else \
+                (n - crop_samples) // 2
+            batch[row] = wave[offset:offset + crop_samples]
+            starts[row] = offset / sample_rate
+        else:
+            pad = int(rng.integers(0, crop_samples - n + 1)) if random_crop else 0
+            batch[row, pad:pad + n] = wave
+            starts[row] = -pad / sample_rate
+    if gain_db > 0:
+        gains = 10.0 ** (rng.uniform(-gain_db, gain_db, size=len(indices)) / 20.0)
+        batch *= gains[:, None].astype(np.float32)
+    return Crops(batch, np.asarray(indices), starts, starts + crop_samples / sample_rate, clip_s)
+
+
+def frames_covering(n_frames: int, clip_s: float, start_s: float, end_s: float
+                    ) -> tuple[int, int]:
+    """Indices [a, b) of the teacher frames (``n_frames`` spread evenly over the clip, the
+    convention of ``align_frames``) that a crop [start_s, end_s) touches; at least one."""
+    if clip_s <= 0:
+        return 0, n_frames
+    lo = max(0.0, start_s) / clip_s * n_frames
+    hi = min(clip_s, end_s) / clip_s * n_frames
+    a = int(np.floor(lo + 1e-9))
+    b = int(np.ceil(hi - 1e-9))
+    a = min(max(a, 0), n_frames - 1)
+    b = min(max(b, a + 1), n_frames)
+    return a, b
