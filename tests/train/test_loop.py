@@ -1,0 +1,170 @@
+"""The training loop on tiny synthetic data: resume equivalence, the checkpoint contract,
+outputs, cross-validation, evaluation, baselines. Fake teachers keep it to seconds."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch", reason="the train room needs torch")
+
+from edgeaudio.train.cache import EmbeddingCache  # noqa: E402
+from edgeaudio.train.checkpoint import load_checkpoint, load_student  # noqa: E402
+from edgeaudio.train.loop import (  # noqa: E402
+    TrainConfig, TrainError, evaluate_run, lr_factor, spec_augment, train, train_cv)
+
+from .test_cache import FakeTeacher  # noqa: E402
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def toy_csv(tmp_path_factory):
+    """3 classes (low tone, high tone, noise) x 8 clips of 1 s, folds 1/2 alternating."""
+    root = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(0)
+    rows = []
+    t = np.arange(SR) / SR
+    for c, name in enumerate(["low", "high", "noise"]):
+        for i in range(8):
+            if name == "noise":
+                x = rng.normal(0, 0.1, SR)
+            else:
+                f = (200 if name == "low" else 2000) * (1 + 0.05 * i)
+                x = 0.3 * np.sin(2 * np.pi * f * t) + rng.normal(0, 0.01, SR)
+            path = root / f"{name}{i}.wav"
+            sf.write(path, x.astype(np.float32), SR)
+            rows.append((path.name, name, i % 2 + 1))
+    with open(root / "labels.csv", "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["path", "label", "fold"])
+        w.writerows(rows)
+    return root / "labels.csv"
+
+
+@pytest.fixture
+def fakes():
+    made = {"yamnet": FakeTeacher("yamnet", dim=6, hop=0.25),
+            "efficientat": FakeTeacher("efficientat", dim=5, hop=0.125)}
+    return lambda name: made[name]
+
+
+def toy_config(csv_path, **kw):
+    base = dict(data=str(csv_path), fold=2, student="tiny", epochs=2, batch_size=4, lr=3e-3,
+                warmup_epochs=1, crop_seconds=0.8, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def run(cfg, out, tmp_path, fakes, **kw):
+    torch.set_num_threads(1)
+    return train(cfg, out, progress=False, cache=EmbeddingCache(tmp_path / "cache"),
+                 get_teacher=fakes, **kw)
+
+
+def test_resume_after_a_kill_reaches_the_uninterrupted_result(toy_csv, tmp_path, fakes):
+    cfg = toy_config(toy_csv, teachers=["yamnet", "efficientat"], reg="con", kd=0.5,
+                     kd_teachers=["efficientat"])
+    full = run(cfg, tmp_path / "full", tmp_path, fakes)
+    stopped = run(cfg, tmp_path / "killed", tmp_path, fakes, stop_after_epoch=1)
+    assert stopped == {"stopped_after_epoch": 1}
+    assert load_checkpoint(tmp_path / "killed")["epoch"] == 1
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    resumed = run(cfg, tmp_path / "killed", tmp_path, fakes, resume=True)
+
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+    for name, state in a["train_state"]["aux"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["train_state"]["aux"][name][key]), (name, key)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(full["history"]) == strip(resumed["history"])
+    assert full["accuracy"] == resumed["accuracy"]
+    assert full["confusion"] == resumed["confusion"]
+    assert full["history"][-1]["reg"] > 0 and full["history"][-1]["kd"] > 0
+
+
+def test_a_run_folder_holds_the_checkpoint_contract_and_the_reports(toy_csv, tmp_path, fakes):
+    cfg = toy_config(toy_csv, teachers=["yamnet"], reg="dis", epochs=1)
+    metrics = run(cfg, tmp_path / "r", tmp_path, fakes)
+    out = tmp_path / "r"
+    for name in ("checkpoint.pt", "metrics.json", "curves.png", "confusion.png",
+                 "data_report.json", "train.log"):
+        assert (out / name).exists(), name
+    student, ckpt = load_student(out)
+    assert ckpt["labels"] == ["high", "low", "noise"] and ckpt["student"] == "tiny"
+    assert ckpt["window_frames"] == student.frontend.spec.n_frames(int(0.8 * SR))
+    assert set(ckpt["frontend_settings"]) >= {"sample_rate", "n_fft", "hop_length"}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["accuracy"] == metrics["accuracy"] and saved["n_test"] == 12
+    assert saved["params"] == sum(p.numel() for p in student.network.parameters())
+    assert saved["macs_per_second"]["network"] > 0 and saved["train_seconds"] > 0
+    assert set(saved["per_class"]) == {"high", "low", "noise"}
+    assert saved["teachers"]["teachers"] == ["yamnet"] and saved["reg"] == "dis"
+    assert saved["alpha"] == 1.0
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["train_items"] == 12 and report["test_items"] == 12
+    assert report["cache"]["miss"] == 24
+    # the same teacher again: all from the cache
+    run(cfg, tmp_path / "r2", tmp_path, fakes)
+    assert json.loads((tmp_path / "r2" / "data_report.json").read_text())["cache"]["hit"] == 24
+    # evaluate reproduces the held-out figures from the checkpoint
+    evaluation = evaluate_run(out, progress=False)
+    assert evaluation["accuracy"] == metrics["accuracy"]
+    assert (out / "evaluation.json").exists() and (out / "evaluation_confusion.png").exists()
+
+
+def test_resume_and_overwrite_guards(toy_csv, tmp_path, fakes):
+    cfg = toy_config(toy_csv, epochs=2)
+    with pytest.raises(TrainError, match="no checkpoint"):
+        run(cfg, tmp_path / "none", tmp_path, fakes, resume=True)
+    run(cfg, tmp_path / "r", tmp_path, fakes, stop_after_epoch=1)
+    with pytest.raises(TrainError, match="already holds a run"):
+        run(cfg, tmp_path / "r", tmp_path, fakes)
+    changed = toy_config(toy_csv, epochs=2, lr=1e-2)
+    with pytest.raises(TrainError, match=r"lr \(0.003 -> 0.01\)"):
+        run(changed, tmp_path / "r", tmp_path, fakes, resume=True)
+    with pytest.raises(TrainError, match="needs at least one --teacher"):
+        run(toy_config(toy_csv, reg="con"), tmp_path / "x", tmp_path, fakes)
+
+
+def test_cross_validation_writes_mean_and_per_fold_figures(toy_csv, tmp_path, fakes):
+    torch.set_num_threads(1)
+    cfg = toy_config(toy_csv, epochs=1)
+    summary = train_cv(cfg, [1, 2], tmp_path / "cv", progress=False,
+                       cache=EmbeddingCache(tmp_path / "cache"), get_teacher=fakes)
+    assert summary["folds"] == [1, 2]
+    accs = [json.loads((tmp_path / "cv" / f"fold{k}" / "metrics.json").read_text())["accuracy"]
+            for k in (1, 2)]
+    assert summary["accuracy_mean"] == pytest.approx(np.mean(accs))
+    assert (tmp_path / "cv" / "cv.png").exists() and (tmp_path / "cv" / "cv_metrics.json").exists()
+
+
+@pytest.mark.parametrize("method", ["film", "feature-only"])
+def test_fusion_baselines_train_and_say_they_need_the_teacher(toy_csv, tmp_path, fakes, method):
+    cfg = toy_config(toy_csv, teachers=["yamnet"], method=method, epochs=1)
+    metrics = run(cfg, tmp_path / method, tmp_path, fakes)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "teacher at inference" in metrics["note"]
+    with pytest.raises(TrainError, match="needs the teacher at inference"):
+        evaluate_run(tmp_path / method, progress=False)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    values = [lr_factor(s, 10, 5, 1) for s in range(50)]
+    assert values[0] < values[5] < values[9] <= 1.0
+    assert values[10] == pytest.approx(1.0, abs=0.01) and values[-1] < 0.01
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+
+
+def test_spec_augment_masks_whole_semitones_across_harmonics():
+    cfg = TrainConfig(data="", time_masks=0, freq_masks=1, freq_mask_bins=3)
+    feats = torch.arange(2 * 5 * 12, dtype=torch.float32).reshape(2, 5, 12)  # 3 harmonics x 4
+    out = spec_augment(feats, np.random.default_rng(0), cfg, n_harmonics=3)
+    changed = (out != feats)[0, 0].reshape(3, 4)
+    assert torch.equal(changed[0], changed[1]) and torch.equal(changed[1], changed[2])
+    assert changed[0].sum() <= 3

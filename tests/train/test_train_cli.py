@@ -1,0 +1,97 @@
+"""`edgeaudio train` / `edgeaudio evaluate` end to end on a handful of real ESC-50 clips with a
+real teacher (YAMNet), through the real CLI group; user errors exit 2 with one line."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch", reason="the train room needs torch")
+
+from edgeaudio.cli import main  # noqa: E402
+
+from ..conftest import esc50_clip, esc50_rows  # noqa: E402
+
+CLASSES = ("dog", "rooster", "rain")
+
+
+@pytest.fixture(scope="module")
+def small_csv(esc50, tmp_path_factory):
+    """4 clips of each of 3 ESC-50 classes from folds 1 and 2, as a path,label,fold CSV."""
+    rows = []
+    for cat in CLASSES:
+        picked = [r for r in esc50_rows() if r["category"] == cat and r["fold"] in ("1", "2")]
+        picked = [r for r in picked if r["fold"] == "1"][:2] + \
+                 [r for r in picked if r["fold"] == "2"][:2]
+        rows += [(str(esc50_clip(r["filename"])), cat, r["fold"]) for r in picked]
+    path = tmp_path_factory.mktemp("cli") / "labels.csv"
+    with open(path, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["path", "label", "fold"])
+        w.writerows(rows)
+    return path
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def test_list_students_and_teachers():
+    result = invoke("train", "--list-students")
+    assert result.exit_code == 0 and "small" in result.output and "tiny" in result.output
+    result = invoke("train", "--list-teachers")
+    assert result.exit_code == 0 and "yamnet" in result.output and "efficientat" in result.output
+
+
+def test_train_then_evaluate_on_real_clips_with_a_real_teacher(small_csv, tmp_path):
+    env = {"EDGEAUDIO_CACHE": str(tmp_path / "cache"), "OMP_WAIT_POLICY": "PASSIVE"}
+    out = tmp_path / "run"
+    args = ["train", "--data", small_csv, "--fold", 2, "--student", "tiny", "--teacher",
+            "yamnet", "--reg", "con", "--epochs", 2, "--batch-size", 4, "--crop", 2.0,
+            "--out", out, "--quiet"]
+    result = invoke(*args[:-3], "--stop-after", 1, *args[-3:], env=env)
+    assert result.exit_code == 0, result.output
+    assert "continue with --resume" in result.output
+    assert len(list((tmp_path / "cache" / "teachers" / "yamnet").rglob("*.npz"))) == 12
+    result = invoke(*args, "--resume", env=env)
+    assert result.exit_code == 0, result.output
+    assert "held-out accuracy" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_test"] == 6 and metrics["epochs"] == 2
+    assert metrics["teachers"]["teachers"] == ["yamnet"]
+    assert metrics["teachers"]["dims"] == [1024]
+    assert json.loads((out / "data_report.json").read_text())["cache"]["hit"] == 12
+    for name in ("curves.png", "confusion.png", "checkpoint.pt"):
+        assert (out / name).exists()
+
+    result = invoke("evaluate", out, env=env)
+    assert result.exit_code == 0, result.output
+    assert f"accuracy {metrics['accuracy']:.4f}" in result.output
+    assert all(c in result.output for c in CLASSES)
+    result = invoke("evaluate", out, "--json", env=env)
+    assert json.loads(result.output)["accuracy"] == metrics["accuracy"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train"], "--data is required"),
+    (["train", "--data", "/nonexistent/folder"], "no such file or folder"),
+    (["train", "--data", ".", "--teacher", "vggish", "--reg", "con"], "unknown teacher 'vggish'"),
+    (["train", "--data", ".", "--reg", "con"], "needs at least one --teacher"),
+    (["train", "--data", ".", "--student", "huge"], "unknown student 'huge'"),
+    (["evaluate", "/nonexistent/run"], "checkpoint not found"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_bad_dataset_error_names_the_file(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nmissing.wav,dog\n")
+    result = CliRunner().invoke(main, ["train", "--data", str(labels), "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "labels.csv line 2: audio file not found" in result.output
