@@ -1,0 +1,282 @@
+"""``edgeaudio export``: a trained student checkpoint -> self-describing model files + a report.
+
+    edgeaudio export runs/esc50-f1 --format onnx --format tflite --int8 --calibration 200 \
+        --out models/
+
+writes ``model.onnx``, ``model.int8.onnx``, ``model.tflite``, ``model.int8.tflite`` (see
+``writers.py`` for what each holds), ``export_report.json`` and ``export_report.md``. The click
+command is a thin shell over ``export_checkpoint``, which is usable on its own.
+
+Data: calibration windows come from the training clips, the report's accuracy from the held-out
+clips. Both are found from the checkpoint's run settings (its data folder and held-out fold) or
+given with ``--data`` / ``--test-fold``; ``--calibration-data`` points at any folder of audio
+(labels not needed) for calibration alone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from edgeaudio.modelfile import ModelInfo
+
+from .writers import FORMATS, ExportError, file_name, prepare_output_dir
+
+log = logging.getLogger("edgeaudio.export")
+
+_DATA_KEYS = ("data", "data_dir", "data_root", "dataset", "dataset_dir")
+_FOLD_KEYS = ("test_fold", "held_out_fold", "heldout_fold", "holdout_fold", "eval_fold",
+              "val_fold", "fold")
+
+
+def shared_dir() -> Path:
+    repo_root = Path(__file__).resolve().parents[1]
+    return Path(os.environ.get("EDGEAUDIO_SHARED", repo_root.parent / "shared"))
+
+
+def _find(config: dict, keys) -> object:
+    """First of ``keys`` in the run settings, also looking one level down (e.g. config.data)."""
+    for key in keys:
+        if config.get(key) not in (None, ""):
+            return config[key]
+    for value in config.values():
+        if isinstance(value, dict):
+            found = _find(value, keys)
+            if found is not None:
+                return found
+    return None
+
+
+def _data_path(value) -> Path | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value)
+    if text.lower().replace("-", "") == "esc50":
+        return shared_dir() / "data" / "esc50"
+    return Path(text).expanduser()
+
+
+@dataclass
+class DataPlan:
+    """Where calibration (training) clips and evaluation (held-out) clips come from."""
+
+    train: list = field(default_factory=list)
+    test: list = field(default_factory=list)
+    calibration: list = field(default_factory=list)
+    train_source: str = ""
+    test_source: str = ""
+    calibration_source: str = ""
+
+
+def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration_data=None,
+              eval_data=None) -> DataPlan:
+    from .quantize import dataset_clips, folder_clips
+
+    plan = DataPlan()
+    data_path = Path(data) if data else _data_path(_find(config or {}, _DATA_KEYS))
+    fold = test_fold if test_fold is not None else _find(config or {}, _FOLD_KEYS)
+    if data_path is not None:
+        clips = dataset_clips(data_path, labels)
+        if fold is not None and any(c.fold is not None for c in clips):
+            fold = int(fold)
+            plan.train = [c for c in clips if c.fold != fold]
+            plan.test = [c for c in clips if c.fold == fold]
+            plan.train_source = f"{data_path} (folds other than {fold})"
+            plan.test_source = f"{data_path} fold {fold}"
+        else:
+            plan.train, plan.train_source = clips, str(data_path)
+    if eval_data:
+        plan.test = [c for c in folder_clips(eval_data, labels)]
+        plan.test_source = str(eval_data)
+    if calibration_data:
+        plan.calibration = folder_clips(calibration_data, labels)
+        plan.calibration_source = str(calibration_data)
+    else:
+        plan.calibration, plan.calibration_source = plan.train, plan.train_source
+    return plan
+
+
+def model_info(student, ckpt: dict, name: str, checkpoint_path: Path) -> ModelInfo:
+    """The metadata of the exported files: labels, the frozen front end, provenance."""
+    from edgeaudio import __version__
+
+    metrics = ckpt.get("metrics") or {}
+    provenance = {"student": ckpt["student"], "epoch": ckpt.get("epoch"),
+                  "checkpoint": checkpoint_path.name, "run": checkpoint_path.parent.name,
+                  "config": ckpt.get("config") or {}, "metrics": metrics,
+                  "exported_by": f"edgeaudio {__version__} export",
+                  "frontend": "learnable harmonic filterbank frozen into a stored matrix"}
+    return ModelInfo(labels=list(ckpt["labels"]), frontend=student.frontend.frozen_spec(),
+                     n_frames=int(ckpt["window_frames"]), name=name,
+                     version=f"{ckpt['student']}-epoch{ckpt.get('epoch', 0)}",
+                     provenance=provenance)
+
+
+def _int8_drop(report_files: list, torch_accuracy) -> float | None:
+    """Worst accuracy loss (points) of the int8 files against torch float."""
+    if torch_accuracy is None:
+        return None
+    drops = [100 * (torch_accuracy - b["accuracy"]) for f in report_files if f["int8"]
+             for b in f["backends"] if "accuracy" in b]
+    return max(drops) if drops else None
+
+
+def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
+                      calibration: int = 200, *, data=None, test_fold=None,
+                      calibration_data=None, eval_data=None, qat_epochs: int = 0,
+                      qat_threshold: float = 0.5, name: str | None = None, stem: str = "model",
+                      report: bool = True, max_eval_clips: int | None = None,
+                      repeats: int = 100, tflm: bool = True, seed: int = 0,
+                      echo=lambda msg: None) -> dict:
+    """Export a checkpoint (file or run folder) as model files and a report; returns
+    ``{"files": {name: path}, "report": dict | None, "report_files": [...]}``."""
+    from edgeaudio.train.checkpoint import load_student, resolve_checkpoint
+    from edgeaudio.train.students import count_macs_per_second, count_params
+
+    from . import quantize
+    from .report import build_report, eval_set, write_report
+    from .writers import write_model_files
+
+    formats = list(dict.fromkeys(formats or FORMATS))
+    for fmt in formats:
+        file_name(stem, fmt, False)
+    ckpt_path = resolve_checkpoint(run)
+    out = prepare_output_dir(out)
+    student, ckpt = load_student(ckpt_path)
+    network = student.network.eval()
+    info = model_info(student, ckpt, name or Path(run).resolve().name, ckpt_path)
+    plan = plan_data(info.labels, ckpt.get("config") or {}, data, test_fold, calibration_data,
+                     eval_data)
+
+    cal = None
+    if int8:
+        if not plan.calibration:
+            raise quantize.CalibrationError(
+                "no calibration audio: the checkpoint's settings name no data folder; pass "
+                "--data (the training data) or --calibration-data FOLDER")
+        t0 = time.time()
+        cal = quantize.calibration_windows(plan.calibration, info, calibration, seed)
+        echo(f"calibration: {len(cal)} windows from {plan.calibration_source} "
+             f"({time.time() - t0:.0f} s)")
+    t0 = time.time()
+    files = write_model_files(network, info, out, formats=formats, int8=int8, calibration=cal,
+                              stem=stem)
+    echo(f"wrote {', '.join(files)} ({time.time() - t0:.0f} s)")
+
+    test = plan.test[:max_eval_clips] if max_eval_clips else plan.test
+    data_set = eval_set(test, info, plan.test_source) if test else None
+    if data_set is None:
+        echo("no held-out clips: the report has sizes and latencies but no accuracy "
+             "(pass --data and --test-fold, or --eval-data)")
+        from .report import EvalSet
+        data_set = EvalSet([], [], [], "")
+    q = {"method": "PTQ", "calibration_windows": None if cal is None else len(cal),
+         "calibration_source": plan.calibration_source} if int8 else None
+    macs = count_macs_per_second(student)
+    params = count_params(network)
+
+    def make_report():
+        return build_report(network=network, info=info, files=list(files.values()),
+                            data=data_set, params=params, macs_per_second=macs,
+                            repeats=repeats, tflm=tflm,
+                            extra={"quantization": q} if q else None)
+
+    result = {"files": files, "report": None, "report_files": []}
+    if not (report or (int8 and qat_epochs)):
+        return result
+    t0 = time.time()
+    rep = make_report()
+    echo(f"evaluated {len(data_set.features)} clips through every file and backend "
+         f"({time.time() - t0:.0f} s)")
+    drop = _int8_drop(rep["files"], rep["torch_float"].get("accuracy"))
+    if int8 and q is not None:
+        q["ptq_drop_points"] = drop
+    if int8 and qat_epochs and drop is not None and drop > qat_threshold:
+        echo(f"PTQ costs {drop:.2f} points (> {qat_threshold}): quantization-aware "
+             f"fine-tuning for {qat_epochs} epochs")
+        x, y = quantize.labeled_windows(plan.train, info, per_clip=2, seed=seed)
+        tuned = quantize.qat_finetune(network, info, x, y, epochs=qat_epochs, seed=seed,
+                                      calibration=cal)
+        qat_dir = out / ".qat"
+        qat_files = write_model_files(
+            network, info, qat_dir, formats=formats, float_files=False, int8=True,
+            calibration=cal, stem=stem, int8_network=tuned.network,
+            tflite_pt2e=(tuned.quantizer, tuned.converted))
+        q_qat = dict(q, method="QAT", qat_epochs=qat_epochs, qat_losses=tuned.losses)
+        rep_qat = build_report(network=network, info=info,
+                               files=[files[n] for n in files if ".int8." not in n]
+                               + list(qat_files.values()), data=data_set, params=params,
+                               macs_per_second=macs, repeats=repeats, tflm=tflm,
+                               extra={"quantization": q_qat})
+        drop_qat = _int8_drop(rep_qat["files"], rep_qat["torch_float"].get("accuracy"))
+        if drop_qat is not None and drop_qat < drop:
+            for n, p in qat_files.items():
+                os.replace(p, files[n])
+            rep, q = rep_qat, q_qat
+            q["qat_drop_points"] = drop_qat
+            echo(f"QAT: int8 now within {drop_qat:.2f} points; kept")
+        else:
+            q["qat_tried"] = {"epochs": qat_epochs, "drop_points": drop_qat}
+            rep["quantization"] = q
+            echo(f"QAT did not help ({drop_qat} points); kept the PTQ files")
+        for p in qat_dir.iterdir():
+            p.unlink()
+        qat_dir.rmdir()
+    result["report"] = rep
+    if report:
+        result["report_files"] = list(write_report(rep, out))
+    return result
+
+
+@click.command("export")
+@click.argument("run", type=click.Path(exists=False))
+@click.option("--format", "-f", "formats", multiple=True, type=click.Choice(FORMATS),
+              help="File format (repeatable). Default: onnx and tflite.")
+@click.option("--int8/--no-int8", default=False, show_default=True,
+              help="Also write int8 files (post-training quantization, calibrated on "
+                   "training data).")
+@click.option("--calibration", default=200, show_default=True, type=click.IntRange(1),
+              help="Calibration windows drawn from the training clips.")
+@click.option("--calibration-data", type=click.Path(file_okay=False),
+              help="Calibrate on this folder of audio instead of the training clips.")
+@click.option("--data", type=click.Path(file_okay=False),
+              help="Data folder (ESC-50 or class sub-folders). Default: the run's setting.")
+@click.option("--test-fold", type=int, help="Held-out fold. Default: the run's setting.")
+@click.option("--eval-data", type=click.Path(file_okay=False),
+              help="Evaluate on this folder (class sub-folders) instead of the held-out fold.")
+@click.option("--qat", "qat_epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="Quantization-aware fine-tuning epochs, used when PTQ costs more than "
+                   "--qat-threshold points of accuracy.")
+@click.option("--qat-threshold", default=0.5, show_default=True, type=float,
+              help="Accuracy points int8 may lose before QAT is tried.")
+@click.option("--out", "-o", default="models", show_default=True,
+              type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--name", help="Model name in the metadata. Default: the run folder's name.")
+@click.option("--stem", default="model", show_default=True, help="File name stem.")
+@click.option("--no-report", is_flag=True, help="Skip the evaluation report.")
+@click.option("--max-eval-clips", type=click.IntRange(1), help="Evaluate on at most N clips.")
+@click.option("--no-tflm", is_flag=True, help="Skip the TensorFlow Lite Micro check.")
+def export_command(run, formats, int8, calibration, calibration_data, data, test_fold,
+                   eval_data, qat_epochs, qat_threshold, out, name, stem, no_report,
+                   max_eval_clips, no_tflm):
+    """Export a trained student (checkpoint file or run folder) as .onnx / .tflite files."""
+    def echo(msg):
+        click.echo(msg, err=True)
+
+    result = export_checkpoint(run, out, formats or FORMATS, int8, calibration, data=data,
+                               test_fold=test_fold, calibration_data=calibration_data,
+                               eval_data=eval_data, qat_epochs=qat_epochs,
+                               qat_threshold=qat_threshold, name=name, stem=stem,
+                               report=not no_report, max_eval_clips=max_eval_clips,
+                               tflm=not no_tflm, echo=echo)
+    for path in list(result["files"].values()) + list(result["report_files"]):
+        click.echo(str(path))
+    if result["report"] is not None and result["report_files"]:
+        click.echo(Path(result["report_files"][1]).read_text(), err=True)
+
+
+__all__ = ["export_command", "export_checkpoint", "plan_data", "ExportError"]

@@ -1,0 +1,502 @@
+"""int8 model files: BatchNorm folding, calibration sets, ONNX QDQ, TFLite PT2E, QAT.
+
+What gets quantized is the network only (log features ``[1, n_frames, bins]`` -> logits): the
+spectral front end stays float on the host and int8 starts after log compression.
+
+- ``fold_batchnorm``: every Conv-BN / Linear-BN pair becomes one Conv / Linear; a BatchNorm
+  that follows no conv (the input normalisation) becomes a 1x1 depthwise conv with bias, so the
+  int8 graph has no float islands. Exact up to float rounding.
+- Calibration sets come from the *training* data: ``calibration_windows`` draws model windows at
+  the positions the runtime itself scores (its hop grid), one clip per window while clips last.
+- ONNX: ``quantize_onnx`` runs onnxruntime's ``quantize_static`` (QDQ format, per-channel
+  symmetric int8 weights, asymmetric int8 activations, MinMax calibration). The file keeps
+  float input and output: QuantizeLinear / DequantizeLinear sit at the edges of the graph.
+- TFLite: ``quantize_tflite`` runs PT2E (torch.export -> prepare_pt2e -> calibrate ->
+  convert_pt2e) with litert-torch's quantizer, extended so that data-movement ops (reshape,
+  transpose, mean, max over axes) share the int8 parameters of their input, then
+  ``litert_torch.convert``. The file has **int8 input and int8 output** with their scale and
+  zero point in the tensors (and in the metadata under ``extra.quantization``): the
+  microcontroller demo feeds int8 features straight from its C front end
+  (``q = clamp(round(x / scale) + zero_point)``, see firmware_demo/gen_frontend_header.py) and
+  the runtime's TFLite backend quantizes / dequantizes at the edges from the same parameters.
+- ``qat_finetune``: quantization-aware fine-tuning (PT2E QAT, fake-quant) of the folded network
+  for a few epochs; its weights then go through the same two writers.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeaudio.errors import AudioError
+from edgeaudio.frontend import Frontend
+from edgeaudio.modelfile import ModelInfo
+
+from .writers import (ConversionError, ExportError, _atomic_write, _quiet, add_tflite_metadata,
+                      conversion_error, example_input, set_onnx_metadata, tflite_io_details,
+                      write_onnx)
+
+log = logging.getLogger("edgeaudio.export")
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+
+class CalibrationError(ExportError):
+    """No usable calibration or evaluation audio."""
+
+
+# --- BatchNorm folding -----------------------------------------------------------------------
+
+def _bn_as_conv(bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """An eval-mode BatchNorm2d as the equal per-channel affine: a 1x1 depthwise conv."""
+    c = bn.num_features
+    conv = nn.Conv2d(c, c, 1, groups=c, bias=True)
+    scale = (bn.weight if bn.affine else torch.ones(c)) / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias if bn.affine else torch.zeros(c)) - bn.running_mean * scale
+    with torch.no_grad():
+        conv.weight.copy_(scale.detach().view(c, 1, 1, 1))
+        conv.bias.copy_(shift.detach())
+    return conv
+
+
+def fold_batchnorm(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` (eval mode) with every BatchNorm folded away; the input is untouched.
+
+    Conv1d/Conv2d followed by BatchNorm inside an ``nn.Sequential`` and Linear followed by
+    BatchNorm1d are fused; a BatchNorm2d elsewhere becomes a 1x1 depthwise conv. Raises
+    ``ConversionError`` naming the layer for a BatchNorm it cannot place.
+    """
+    net = copy.deepcopy(network).eval()
+    fuse = torch.nn.utils.fusion
+
+    def visit(module: nn.Module, prefix: str):
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                a, b = module[i], module[i + 1]
+                if isinstance(a, (nn.Conv1d, nn.Conv2d)) and isinstance(
+                        b, (nn.BatchNorm1d, nn.BatchNorm2d)) and b.track_running_stats:
+                    module[i] = fuse.fuse_conv_bn_eval(a, b)
+                    module[i + 1] = nn.Identity()
+                elif isinstance(a, nn.Linear) and isinstance(b, nn.BatchNorm1d) \
+                        and b.track_running_stats:
+                    module[i] = fuse.fuse_linear_bn_eval(a, b)
+                    module[i + 1] = nn.Identity()
+        for name, child in list(module.named_children()):
+            path = f"{prefix}{name}"
+            if isinstance(child, nn.BatchNorm2d):
+                if not child.track_running_stats:
+                    raise ConversionError(f"layer '{path}' (BatchNorm2d) keeps no running "
+                                          "statistics and cannot be folded for export")
+                setattr(module, name, _bn_as_conv(child))
+            elif isinstance(child, (nn.BatchNorm1d, nn.BatchNorm3d)):
+                raise ConversionError(f"layer '{path}' ({type(child).__name__}) follows no "
+                                      "Conv/Linear layer and cannot be folded for export")
+            else:
+                visit(child, path + ".")
+
+    visit(net, "")
+    return net
+
+
+# --- clips and calibration sets --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    label: int | None = None   # index into the model's labels; None: unlabeled
+    fold: int | None = None
+
+
+def list_audio_files(folder) -> list:
+    """Audio files under ``folder`` (recursive), sorted; CalibrationError when there are none."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise CalibrationError(f"audio folder not found: {folder}")
+    if not folder.is_dir():
+        raise CalibrationError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise CalibrationError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in "
+                               "this folder or below it")
+    return files
+
+
+def folder_clips(folder, labels: list | None = None) -> list:
+    """Clips of a folder. Files in a sub-folder named like one of ``labels`` carry that label;
+    others are unlabeled (fine for calibration)."""
+    folder = Path(folder)
+    index = {name: i for i, name in enumerate(labels or [])}
+    clips = []
+    for path in list_audio_files(folder):
+        parts = path.relative_to(folder).parts
+        clips.append(Clip(path, index.get(parts[0]) if len(parts) > 1 else None))
+    return clips
+
+
+def esc50_clips(root, labels: list) -> list:
+    """The ESC-50 recipe (``meta/esc50.csv``; FLAC files named like the CSV's WAV files): clips
+    whose category is one of ``labels``, with their fold."""
+    import csv
+
+    root = Path(root)
+    meta = root / "meta" / "esc50.csv"
+    if not meta.exists():
+        raise CalibrationError(f"{root}: not an ESC-50 folder (no meta/esc50.csv)")
+    index = {name: i for i, name in enumerate(labels)}
+    clips = []
+    with open(meta, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["category"] not in index:
+                continue
+            stem = Path(row["filename"]).stem
+            path = next((p for p in (root / "audio" / f"{stem}.flac", root / "audio" /
+                                     row["filename"]) if p.exists()), None)
+            if path is not None:
+                clips.append(Clip(path, index[row["category"]], int(row["fold"])))
+    if not clips:
+        raise CalibrationError(f"{root}: no ESC-50 audio for the model's labels")
+    return clips
+
+
+def dataset_clips(data, labels: list) -> list:
+    """Clips of an ESC-50 folder (``meta/esc50.csv``) or of any audio folder."""
+    data = Path(data)
+    if (data / "meta" / "esc50.csv").exists():
+        return esc50_clips(data, labels)
+    return folder_clips(data, labels)
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list:
+    """Window starts covering a clip, the last one zero-padded: the runtime's grid
+    (``edgeaudio.Model.window_starts``)."""
+    if n_samples <= window:
+        return [0]
+    n = int(np.ceil((n_samples - window) / hop)) + 1
+    return [i * hop for i in range(n)]
+
+
+def runtime_windows(info: ModelInfo, wave: np.ndarray) -> np.ndarray:
+    """The audio windows ``Model.classify`` scores for a clip: ``[windows, window_samples]``."""
+    win = info.window_samples
+    hop = max(1, int(round(info.hop_seconds * info.sample_rate)))
+    starts = window_starts(len(wave), win, hop)
+    padded = np.zeros(starts[-1] + win, np.float32)
+    padded[:len(wave)] = wave
+    return np.stack([padded[s:s + win] for s in starts])
+
+
+def _load(clip: Clip, info: ModelInfo):
+    """A clip's waveform, or None (with a warning) when it cannot be read. The runtime's
+    per-file clipping warnings are held back: data sets such as ESC-50 clip often."""
+    runtime_log = logging.getLogger("edgeaudio")
+    level = runtime_log.level
+    runtime_log.setLevel(logging.ERROR)
+    try:
+        return load_clip(clip.path, info.sample_rate)
+    except AudioError as exc:
+        log.warning("skipping %s", exc)
+        return None
+    finally:
+        runtime_log.setLevel(level)
+
+
+def load_clip(path, sample_rate: int) -> np.ndarray:
+    from edgeaudio.audio import load_audio
+    return load_audio(path, sample_rate)
+
+
+def calibration_windows(clips: list, info: ModelInfo, n: int = 200, seed: int = 0,
+                        frontend: Frontend | None = None) -> np.ndarray:
+    """``n`` model inputs ``[n, n_frames, bins]`` (float32 log features) from training clips.
+
+    Clips are shuffled; each gives one window (a random position on the runtime's hop grid)
+    until ``n`` are drawn, cycling through the clips again when there are fewer than ``n``.
+    Unreadable clips are skipped with a warning; none readable is a CalibrationError.
+    """
+    if n < 1:
+        raise CalibrationError(f"calibration needs at least 1 window, got {n}")
+    if not clips:
+        raise CalibrationError("no clips to draw calibration windows from")
+    frontend = frontend or Frontend(info.frontend)
+    rng = random.Random(seed)
+    order = list(clips)
+    rng.shuffle(order)
+    out, bad, i = [], set(), 0
+    while len(out) < n and len(bad) < len(order):
+        clip = order[i % len(order)]
+        i += 1
+        if clip.path in bad:
+            continue
+        wave = _load(clip, info)
+        if wave is None:
+            bad.add(clip.path)
+            continue
+        windows = runtime_windows(info, wave)
+        out.append(frontend(windows[rng.randrange(len(windows))]))
+    if not out:
+        raise CalibrationError(f"none of the {len(order)} calibration clips could be read")
+    return np.stack(out).astype(np.float32)
+
+
+def labeled_windows(clips: list, info: ModelInfo, per_clip: int = 2, seed: int = 0,
+                    frontend: Frontend | None = None):
+    """Training windows for QAT: ``per_clip`` random runtime windows of each labeled clip,
+    loudest-biased (ESC clips are often padded with silence). Returns (x, y)."""
+    frontend = frontend or Frontend(info.frontend)
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for clip in clips:
+        if clip.label is None:
+            continue
+        wave = _load(clip, info)
+        if wave is None:
+            continue
+        windows = runtime_windows(info, wave)
+        rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1)) + 1e-6
+        p = rms / rms.sum()
+        for k in rng.choice(len(windows), size=min(per_clip, len(windows)), replace=False, p=p):
+            xs.append(frontend(windows[k]))
+            ys.append(clip.label)
+    if not xs:
+        raise CalibrationError("no labeled training clips for quantization-aware training")
+    return np.stack(xs).astype(np.float32), np.asarray(ys, np.int64)
+
+
+# --- PT2E quantizer for TFLite ---------------------------------------------------------------
+
+def _edge_quantizer(qat: bool = False):
+    """litert-torch's PT2E quantizer (per-channel int8 weights, int8 activations), extended so
+    that pure data-movement and order-preserving ops keep their input's int8 parameters: the
+    graph then stays int8 from the input reshape to the logits (no float islands for TFLM)."""
+    from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
+                                                      get_symmetric_quantization_config)
+    from torch.fx import Node
+    from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation,
+                                                     SharedQuantizationSpec)
+
+    aten = torch.ops.aten
+    share = {aten.amax.default, aten.max.dim, aten.transpose.int, aten.permute.default,
+             aten.view.default, aten.reshape.default, aten.mean.dim, aten.squeeze.dim,
+             aten.squeeze.dims, aten.unsqueeze.default, aten.flatten.using_ints,
+             aten.dropout.default, aten.clone.default, aten.relu.default,
+             aten.max_pool2d.default, aten.contiguous.default}
+
+    class EdgeQuantizer(PT2EQuantizer):
+        # BatchNorm is folded before quantization, so the QAT conv-BN patterns never match
+        # (and their pattern tracing fails with this torch): skip them
+        STATIC_QAT_ONLY_OPS = []
+
+        def annotate(self, model):
+            act = self.global_config.input_activation
+            for n in model.graph.nodes:  # graph input -> data movement: quantize the input
+                if n.op == "call_function" and n.target in share and n.args \
+                        and isinstance(n.args[0], Node) and n.args[0].op == "placeholder":
+                    n.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={n.args[0]: act},
+                        output_qspec=SharedQuantizationSpec((n.args[0], n)), _annotated=True)
+            super().annotate(model)
+            for n in model.graph.nodes:  # in graph order, so chains of such ops propagate
+                if n.op != "call_function" or n.target not in share:
+                    continue
+                ann = n.meta.get("quantization_annotation")
+                if ann is not None and ann._annotated:
+                    continue
+                prev = n.args[0] if n.args else None
+                prev_ann = prev.meta.get("quantization_annotation") \
+                    if isinstance(prev, Node) else None
+                if prev_ann is None or prev_ann.output_qspec is None:
+                    continue
+                n.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={prev: SharedQuantizationSpec(prev)},
+                    output_qspec=SharedQuantizationSpec(prev), _annotated=True)
+            return model
+
+    return EdgeQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                         is_qat=qat))
+
+
+def _batches(x: np.ndarray, size: int):
+    for i in range(0, len(x), size):
+        yield torch.from_numpy(np.ascontiguousarray(x[i:i + size]))
+
+
+def _export_for_quantization(network: nn.Module, info: ModelInfo, batch: int = 1):
+    example = example_input(info).expand(batch, -1, -1).contiguous()
+    try:
+        return torch.export.export(network, (example,)).module()
+    except Exception as exc:
+        raise conversion_error(network, example_input(info), exc, "torch.export") from exc
+
+
+def pt2e_calibrated(network: nn.Module, info: ModelInfo, calibration: np.ndarray):
+    """(quantizer, PT2E-converted module): the folded network with int8 Q/DQ from calibration."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    folded = fold_batchnorm(network)
+    quantizer = _edge_quantizer()
+    with _quiet():
+        prepared = prepare_pt2e(_export_for_quantization(folded, info), quantizer)
+        with torch.no_grad():
+            for x in _batches(calibration, 1):
+                prepared(x)
+        return quantizer, convert_pt2e(prepared, fold_quantize=False)
+
+
+def _convert_tflite(module: nn.Module, quantizer, info: ModelInfo, original: nn.Module) -> bytes:
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    try:
+        with _quiet():
+            edge = litert_torch.convert(module, (example_input(info),),
+                                        quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            return bytes(edge.model_content())
+    except Exception as exc:
+        raise conversion_error(original, example_input(info), exc, "TFLite") from exc
+
+
+def quantization_extra(tflite_bytes: bytes) -> dict:
+    """The int8 parameters of the input and output, for the metadata (and the C front end)."""
+    inp, out = tflite_io_details(tflite_bytes)
+    return {"scheme": "int8 PT2E, per-channel weights", "input_dtype": inp["dtype"],
+            "input_scale": inp["scale"], "input_zero_point": inp["zero_point"],
+            "output_dtype": out["dtype"], "output_scale": out["scale"],
+            "output_zero_point": out["zero_point"]}
+
+
+def quantize_tflite(network: nn.Module, info: ModelInfo, calibration: np.ndarray, path,
+                    _prepared=None) -> Path:
+    """Write an int8 .tflite (int8 input and output) of ``network`` with metadata."""
+    path = Path(path)
+    quantizer, module = _prepared or pt2e_calibrated(network, info, calibration)
+    data = _convert_tflite(module, quantizer, info, network)
+    extra = dict(info.extra)
+    extra["quantization"] = {**quantization_extra(data), "calibration_windows":
+                             None if calibration is None else int(len(calibration))}
+    _atomic_write(path, add_tflite_metadata(data, _with_extra(info, extra)))
+    return path
+
+
+def _with_extra(info: ModelInfo, extra: dict) -> ModelInfo:
+    new = copy.copy(info)
+    new.extra = extra
+    return new
+
+
+# --- ONNX QDQ --------------------------------------------------------------------------------
+
+def quantize_onnx(network: nn.Module, info: ModelInfo, calibration: np.ndarray, path,
+                  float_onnx=None) -> Path:
+    """Write an int8 QDQ .onnx (float input and output) of ``network`` with metadata.
+
+    ``float_onnx``: an already written float file of the same folded network to start from.
+    """
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path = Path(path)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name):
+            self.items = iter([{name: x[None]} for x in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        tmp = Path(tmp)
+        src = Path(float_onnx) if float_onnx else write_onnx(fold_batchnorm(network), info,
+                                                             tmp / "float.onnx")
+        pre = tmp / "pre.onnx"
+        try:
+            with _quiet():
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                import onnx
+                input_name = onnx.load(str(pre)).graph.input[0].name
+                quantize_static(str(pre), str(tmp / "int8.onnx"), Reader(input_name),
+                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax)
+        except Exception as exc:
+            raise ConversionError(f"onnxruntime quantize_static failed: "
+                                  f"{_first_line(exc)}") from exc
+        extra = dict(info.extra)
+        extra["quantization"] = {"scheme": "int8 QDQ (onnxruntime quantize_static), "
+                                           "per-channel weights, float input and output",
+                                 "calibration_windows": int(len(calibration))}
+        set_onnx_metadata(tmp / "int8.onnx", _with_extra(info, extra))
+        _atomic_write(path, (tmp / "int8.onnx").read_bytes())
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+# --- quantization-aware fine-tuning ----------------------------------------------------------
+
+@dataclass
+class QATResult:
+    network: nn.Module        # folded float network with the fine-tuned weights (for ONNX)
+    quantizer: object         # the PT2E quantizer used
+    converted: nn.Module      # PT2E-converted module (int8 Q/DQ) for the TFLite writer
+    losses: list
+
+
+def qat_finetune(network: nn.Module, info: ModelInfo, x: np.ndarray, y: np.ndarray,
+                 epochs: int = 2, lr: float = 1e-4, batch_size: int = 32, seed: int = 0,
+                 calibration: np.ndarray | None = None) -> QATResult:
+    """Quantization-aware fine-tuning of the BN-folded network on windows ``x`` with labels
+    ``y`` (PT2E QAT: fake-quant on weights and activations, straight-through gradients)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    torch.manual_seed(seed)
+    folded = fold_batchnorm(network)
+    example = example_input(info).expand(batch_size, -1, -1).contiguous()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        exported = torch.export.export(folded, (example,), dynamic_shapes=({0: batch},)).module()
+    except Exception as exc:
+        raise conversion_error(network, example_input(info), exc, "torch.export") from exc
+    quantizer = _edge_quantizer(qat=True)
+    with _quiet():
+        model = prepare_qat_pt2e(exported, quantizer)
+    if calibration is not None:  # start the observers from calibration ranges
+        with torch.no_grad():
+            for xb in _batches(calibration, batch_size):
+                model(xb)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(max(1, int(epochs))):
+        order = rng.permutation(len(x))
+        total, count = 0.0, 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            logits = model(torch.from_numpy(x[idx]))
+            loss = nn.functional.cross_entropy(logits, torch.from_numpy(y[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        losses.append(total / max(1, count))
+    # the fine-tuned float weights, back into the module form (for the ONNX writer)
+    tuned = copy.deepcopy(folded)
+    state = model.state_dict()
+    tuned.load_state_dict({k: state[k] for k in tuned.state_dict()})
+    with _quiet():
+        converted = convert_pt2e(model, fold_quantize=False)
+    return QATResult(tuned.eval(), quantizer, converted, losses)
