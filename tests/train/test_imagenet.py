@@ -3,7 +3,6 @@ multi-resolution log-mel input, DenseNet-121's torchvision format, the teacher w
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -190,6 +189,8 @@ def test_audio_classifier_embeddings_pool_to_the_head_input():
     assert 0 < len(trainable) < len(list(model.parameters()))
     assert not model.backbone._blocks[7]._project_conv.weight.requires_grad
     assert model.backbone._blocks[8]._project_conv.weight.requires_grad
+    model.train()
+    assert not model.backbone._blocks[7]._bn2.training and model.backbone._blocks[8]._bn2.training
 
 
 def test_imagenet_teacher_wraps_a_fine_tuned_ensemble(tmp_path):
