@@ -86,15 +86,16 @@ class MultiResolutionLogMel(nn.Module):
     HTK mel filters (``edgeaudio.frontend.mel_filterbank``, the runtime's definition),
     ``log(mel + log_offset)``. The three native spectrograms are resized along time only to
     ``n_frames`` (bilinear, anti-aliased when shrinking); ``n_frames`` is fixed if given, else
-    ``round(duration * frames_per_second)``. Finally each channel is standardised with the
-    ``mean`` / ``std`` buffers.
+    ``round(duration * frames_per_second)`` but at least ``min_frames`` (32, the networks'
+    output stride, so a short clip still gives one embedding frame). Finally each channel is
+    standardised with the ``mean`` / ``std`` buffers.
     """
 
     def __init__(self, sample_rate: int = 16000, n_mels: int = 128,
                  resolutions_ms: Sequence[tuple[float, float]] = PALANISAMY_RESOLUTIONS_MS,
                  fmin: float = 0.0, fmax: float | None = None,
                  frames_per_second: float = 50.0, n_frames: int | None = None,
-                 log_offset: float = 1e-6):
+                 log_offset: float = 1e-6, min_frames: int = 32):
         super().__init__()
         self.sample_rate = int(sample_rate)
         self.n_mels = int(n_mels)
@@ -103,6 +104,7 @@ class MultiResolutionLogMel(nn.Module):
         self.frames_per_second = float(frames_per_second)
         self.n_frames = None if n_frames is None else int(n_frames)
         self.log_offset = float(log_offset)
+        self.min_frames = int(min_frames)
         self.wins, self.hops, self.n_ffts = [], [], []
         for index, (win_ms, hop_ms) in enumerate(self.resolutions_ms):
             win = int(round(win_ms * self.sample_rate / 1000.0))
@@ -132,12 +134,14 @@ class MultiResolutionLogMel(nn.Module):
         return {"sample_rate": self.sample_rate, "n_mels": self.n_mels,
                 "resolutions_ms": [list(r) for r in self.resolutions_ms], "fmin": self.fmin,
                 "fmax": self.fmax, "frames_per_second": self.frames_per_second,
-                "n_frames": self.n_frames, "log_offset": self.log_offset}
+                "n_frames": self.n_frames, "log_offset": self.log_offset,
+                "min_frames": self.min_frames}
 
     def output_frames(self, n_samples: int) -> int:
         if self.n_frames is not None:
             return self.n_frames
-        return max(1, int(round(n_samples / self.sample_rate * self.frames_per_second)))
+        return max(self.min_frames,
+                   int(round(n_samples / self.sample_rate * self.frames_per_second)))
 
     def native(self, wave: torch.Tensor) -> list[torch.Tensor]:
         """The un-resized log-mel spectrograms, one ``[B, n_mels, frames_c]`` per channel;

@@ -179,19 +179,29 @@ class MultiViewNet(nn.Module):
         """Every classifier: one per view, then "joint"."""
         return [*self.view_names, JOINT]
 
-    def embeddings(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{view: [B, embedding_dim]}``."""
+    def view_inputs(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{view: features}``: the fixed, parameter-free transforms of ``wave``. A training
+        loop may compute them once per clip, cache them, and call ``forward_views``."""
         if wave.dim() != 2:
             raise ValueError(f"expected a waveform batch [B, samples], got {tuple(wave.shape)}")
-        return {name: self.branches[name](self.views[name](wave)) for name in self.view_names}
+        return {name: self.views[name](wave) for name in self.view_names}
 
-    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
-        embeddings = self.embeddings(wave)
+    def embeddings(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{view: [B, embedding_dim]}``."""
+        inputs = self.view_inputs(wave)
+        return {name: self.branches[name](inputs[name]) for name in self.view_names}
+
+    def forward_views(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logits per head from precomputed ``view_inputs``."""
+        embeddings = {name: self.branches[name](inputs[name]) for name in self.view_names}
         logits = {name: self.heads[name](self.dropout(embeddings[name]))
                   for name in self.view_names}
         joint = torch.cat([embeddings[name] for name in self.view_names], dim=1)
         logits[JOINT] = self.joint(self.dropout(joint))
         return logits
+
+    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_views(self.view_inputs(wave))
 
 
 def head_losses(outputs: Mapping[str, torch.Tensor], targets: torch.Tensor,

@@ -122,6 +122,12 @@ def test_three_channel_input_shape():
     assert torch.isfinite(image).all()
     assert MultiResolutionLogMel(n_frames=224)(wave).shape == (2, 3, 128, 224)
     assert MultiResolutionLogMel()(torch.randn(1, SR)).shape == (1, 3, 128, 50)
+    assert MultiResolutionLogMel()(torch.randn(1, SR // 5)).shape == (1, 3, 128, 32)
+    with torch.no_grad():  # a 0.2 s clip still gives one embedding frame in both networks
+        short = torch.randn(1, SR // 5)
+        for arch in ("efficientnet_lite0", "densenet121"):
+            model = ImageNetAudioClassifier(arch, 3, pretrained=False).eval()
+            assert model.embed(short).shape[:2] == (1, 1)
 
 
 def test_default_standardisation_fits_real_clips(esc50):

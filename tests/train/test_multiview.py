@@ -31,6 +31,9 @@ def test_branch_and_head_shapes():
     assert {name: tuple(o.shape) for name, o in outputs.items()} == \
         {name: (2, 5) for name in model.head_names}
     assert model.joint.in_features == 4 * 256
+    with torch.no_grad():  # cached view features give the same outputs
+        cached = model.forward_views(model.view_inputs(wave))
+    assert all(torch.equal(cached[name], outputs[name]) for name in model.head_names)
     # branch sequences: one frame per 8 feature frames (20 ms) = 160 ms; raw: per 320 samples
     branch = model.branches["mel"]
     assert isinstance(branch, CRNNBranch) and branch.time_stride == 8
