@@ -37,16 +37,16 @@ ROWS = {
     "con-yamnet": ("+ Con-Reg(YAMNet)", {"teachers": ["yamnet"], "reg": "con"}),
     "con-yamnet+efficientat": ("+ Con-Reg(YAMNet+EfficientAT)", {"teachers": YE, "reg": "con"}),
     "dis-yamnet+efficientat": ("+ Dis-Reg(YAMNet+EfficientAT)", {"teachers": YE, "reg": "dis"}),
-    "kd": ("+ KD from an EfficientAT linear probe", {"kd": 0.7}),
+    "kd": ("+ KD from an EfficientAT linear probe (probe-then-distill)", {"kd": 0.7}),
     "kd+con": ("+ KD(probe) + Con-Reg(YAMNet+EfficientAT)",
                {"kd": 0.7, "teachers": YE, "reg": "con"}),
 }
-BASE = {"recipe": "esc50", "student": "small", "epochs": 60, "seed": 0}
+BASE = {"recipe": "esc50", "student": "small", "epochs": 40, "seed": 0}
 
 
 def row_config(row: str, fold: int, fraction: float):
     from edgeaudio.train.loop import TrainConfig
-    return TrainConfig(data=str(ESC50), fold=fold, train_fraction=fraction,
+    return TrainConfig(data=str(ESC50), fold=fold, train_fraction=fraction, eval_every=5,
                        **{**BASE, **ROWS[row][1]})
 
 

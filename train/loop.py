@@ -131,6 +131,16 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: int) 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def training_features(student, wave: torch.Tensor) -> torch.Tensor:
+    """The student's features for training: the power spectrum in float64 (as the runtime
+    computes it, no gradient needed), then the learnable filterbank product in float32.
+    Equal to ``student.features`` within ~1e-6 and about twice as fast with its backward."""
+    frontend = student.frontend
+    with torch.no_grad():
+        power = frontend.power_spectrum(wave).float()
+    return torch.log(power @ frontend.filterbank_matrix().float().T + frontend.spec.log_offset)
+
+
 def spec_augment(feats: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig,
                  n_harmonics: int) -> torch.Tensor:
     """Time masks and frequency masks (the same semitones in every harmonic) set to each
@@ -526,7 +536,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                 perm = rng.permutation(len(idx))
                 x = lam * x + (1.0 - lam) * x[perm]
             y_b = y_a[torch.from_numpy(perm)]
-            feats = student.features(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+            feats = training_features(student,
+                                      torch.from_numpy(np.ascontiguousarray(x, np.float32)))
             if cfg.specaugment:
                 feats = spec_augment(feats, rng, cfg, n_harm)
             n_out = feats.shape[1] // network.time_stride
