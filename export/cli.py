@@ -28,38 +28,6 @@ from .writers import FORMATS, ExportError, file_name, prepare_output_dir
 
 log = logging.getLogger("edgeaudio.export")
 
-_DATA_KEYS = ("data", "data_dir", "data_root", "dataset", "dataset_dir")
-_FOLD_KEYS = ("test_fold", "held_out_fold", "heldout_fold", "holdout_fold", "eval_fold",
-              "val_fold", "fold")
-
-
-def shared_dir() -> Path:
-    repo_root = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("EDGEAUDIO_SHARED", repo_root.parent / "shared"))
-
-
-def _find(config: dict, keys) -> object:
-    """First of ``keys`` in the run settings, also looking one level down (e.g. config.data)."""
-    for key in keys:
-        if config.get(key) not in (None, ""):
-            return config[key]
-    for value in config.values():
-        if isinstance(value, dict):
-            found = _find(value, keys)
-            if found is not None:
-                return found
-    return None
-
-
-def _data_path(value) -> Path | None:
-    if value is None or isinstance(value, (dict, list)):
-        return None
-    text = str(value)
-    if text.lower().replace("-", "") == "esc50":
-        return shared_dir() / "data" / "esc50"
-    return Path(text).expanduser()
-
-
 @dataclass
 class DataPlan:
     """Where calibration (training) clips and evaluation (held-out) clips come from."""
@@ -74,26 +42,43 @@ class DataPlan:
 
 def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration_data=None,
               eval_data=None) -> DataPlan:
-    from .quantize import dataset_clips, folder_clips
+    """The run's own split (``edgeaudio.train.data``: its data, recipe, held-out fold, seed and
+    validation fraction), or ``data`` / ``test_fold`` given here; ``calibration_data`` (any
+    audio folder) and ``eval_data`` (a labeled data set) replace either side."""
+    from edgeaudio.train.data import DatasetError, load_dataset, split_indices
 
+    from .quantize import dataset_clips, unlabeled_clips
+
+    config = config or {}
     plan = DataPlan()
-    data_path = Path(data) if data else _data_path(_find(config or {}, _DATA_KEYS))
-    fold = test_fold if test_fold is not None else _find(config or {}, _FOLD_KEYS)
-    if data_path is not None:
-        clips = dataset_clips(data_path, labels)
-        if fold is not None and any(c.fold is not None for c in clips):
-            fold = int(fold)
-            plan.train = [c for c in clips if c.fold != fold]
-            plan.test = [c for c in clips if c.fold == fold]
-            plan.train_source = f"{data_path} (folds other than {fold})"
-            plan.test_source = f"{data_path} fold {fold}"
-        else:
-            plan.train, plan.train_source = clips, str(data_path)
+    source = data or config.get("data")
+    if source:
+        recipe = None if data else config.get("recipe")
+        dataset = load_dataset(source, recipe)
+        fold = test_fold if test_fold is not None else config.get("fold")
+        if fold is not None and not dataset.has_folds:
+            fold = None  # a folder without folds: the run's seeded split, as in training
+        train_idx, test_idx = split_indices(
+            dataset, None if fold is None else int(fold), seed=int(config.get("seed", 0)),
+            val_fraction=float(config.get("val_fraction", 0.2)),
+            train_fraction=float(config.get("train_fraction", 1.0)))
+        unknown = sorted({item.label for item in dataset.items} - set(labels))
+        if unknown:
+            raise DatasetError(f"{dataset.source}: label(s) {', '.join(unknown[:5])} unknown to "
+                               f"the model (it knows {', '.join(labels[:10])}"
+                               f"{' ...' if len(labels) > 10 else ''})")
+        plan.train = dataset_clips(dataset, labels, train_idx)
+        plan.test = dataset_clips(dataset, labels, test_idx)
+        held_out = (f"fold {dataset.items[test_idx[0]].fold}" if dataset.has_folds
+                    and len(test_idx) else "held-out split")
+        plan.train_source = f"{dataset.source} (training split)"
+        plan.test_source = f"{dataset.source} ({held_out})"
     if eval_data:
-        plan.test = [c for c in folder_clips(eval_data, labels)]
-        plan.test_source = str(eval_data)
+        dataset = load_dataset(eval_data)
+        plan.test = dataset_clips(dataset, labels)
+        plan.test_source = dataset.source
     if calibration_data:
-        plan.calibration = folder_clips(calibration_data, labels)
+        plan.calibration = unlabeled_clips(calibration_data)
         plan.calibration_source = str(calibration_data)
     else:
         plan.calibration, plan.calibration_source = plan.train, plan.train_source

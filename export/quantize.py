@@ -44,9 +44,6 @@ from .writers import (ConversionError, ExportError, _atomic_write, _quiet, add_t
 
 log = logging.getLogger("edgeaudio.export")
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-
-
 class CalibrationError(ExportError):
     """No usable calibration or evaluation audio."""
 
@@ -115,62 +112,32 @@ class Clip:
 
 def list_audio_files(folder) -> list:
     """Audio files under ``folder`` (recursive), sorted; CalibrationError when there are none."""
+    from edgeaudio.train.data import AUDIO_EXTENSIONS
+
     folder = Path(folder)
     if not folder.exists():
         raise CalibrationError(f"audio folder not found: {folder}")
     if not folder.is_dir():
         raise CalibrationError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
-        raise CalibrationError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in "
+        raise CalibrationError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in "
                                "this folder or below it")
     return files
 
 
-def folder_clips(folder, labels: list | None = None) -> list:
-    """Clips of a folder. Files in a sub-folder named like one of ``labels`` carry that label;
-    others are unlabeled (fine for calibration)."""
-    folder = Path(folder)
-    index = {name: i for i, name in enumerate(labels or [])}
-    clips = []
-    for path in list_audio_files(folder):
-        parts = path.relative_to(folder).parts
-        clips.append(Clip(path, index.get(parts[0]) if len(parts) > 1 else None))
-    return clips
+def unlabeled_clips(folder) -> list:
+    """Every audio file under ``folder`` as an unlabeled clip (enough for calibration)."""
+    return [Clip(path) for path in list_audio_files(folder)]
 
 
-def esc50_clips(root, labels: list) -> list:
-    """The ESC-50 recipe (``meta/esc50.csv``; FLAC files named like the CSV's WAV files): clips
-    whose category is one of ``labels``, with their fold."""
-    import csv
-
-    root = Path(root)
-    meta = root / "meta" / "esc50.csv"
-    if not meta.exists():
-        raise CalibrationError(f"{root}: not an ESC-50 folder (no meta/esc50.csv)")
+def dataset_clips(dataset, labels: list, indices=None) -> list:
+    """Clips of a ``edgeaudio.train.data.Dataset`` (its items at ``indices``), labeled by the
+    model's ``labels`` (by name)."""
     index = {name: i for i, name in enumerate(labels)}
-    clips = []
-    with open(meta, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["category"] not in index:
-                continue
-            stem = Path(row["filename"]).stem
-            path = next((p for p in (root / "audio" / f"{stem}.flac", root / "audio" /
-                                     row["filename"]) if p.exists()), None)
-            if path is not None:
-                clips.append(Clip(path, index[row["category"]], int(row["fold"])))
-    if not clips:
-        raise CalibrationError(f"{root}: no ESC-50 audio for the model's labels")
-    return clips
-
-
-def dataset_clips(data, labels: list) -> list:
-    """Clips of an ESC-50 folder (``meta/esc50.csv``) or of any audio folder."""
-    data = Path(data)
-    if (data / "meta" / "esc50.csv").exists():
-        return esc50_clips(data, labels)
-    return folder_clips(data, labels)
+    items = dataset.items if indices is None else [dataset.items[i] for i in indices]
+    return [Clip(Path(item.path), index.get(item.label), item.fold) for item in items]
 
 
 def window_starts(n_samples: int, window: int, hop: int) -> list:

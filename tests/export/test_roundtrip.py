@@ -1,0 +1,214 @@
+"""The export round trip on real clips: train a tiny student for 1 epoch with the real training
+loop, ``edgeaudio export`` it to all four files, load each through each backend of the runtime
+and compare with the torch network (a different front end implementation: torch's, not numpy's).
+
+One export is shared by the module (conversions take seconds each).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch", reason="export needs torch")
+pytest.importorskip("litert_torch", reason="export needs litert-torch")
+pytest.importorskip("onnxruntime", reason="export needs onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+
+from edgeaudio import Model  # noqa: E402
+from edgeaudio.audio import load_audio  # noqa: E402
+from edgeaudio.backends import BACKENDS_FOR_FORMAT, backend_available  # noqa: E402
+from edgeaudio.cli import main  # noqa: E402
+from edgeaudio.export import quantize  # noqa: E402
+from edgeaudio.export.report import JSON_NAME, MARKDOWN_NAME  # noqa: E402
+from edgeaudio.train.checkpoint import load_student  # noqa: E402
+
+from ..conftest import REPO, esc50_rows  # noqa: E402
+
+torch.set_num_threads(1)
+
+LABELS = ["dog", "rooster", "rain", "crying_baby", "clock_tick"]  # ESC-10 classes (CC BY)
+FILES = ["model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite"]
+
+
+def make_csv(root, esc50, train_per_class=16, test_per_class=4):
+    """path,label,fold over real ESC-50 clips: folds 1-4 for training, fold 5 held out."""
+    rows = sorted(esc50_rows(), key=lambda r: r["filename"])
+    out = []
+    for label in LABELS:
+        mine = [r for r in rows if r["category"] == label]
+        out += [r for r in mine if r["fold"] != "5"][:train_per_class]
+        out += [r for r in mine if r["fold"] == "5"][:test_per_class]
+    path = root / "clips.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold"])
+        for r in out:
+            w.writerow([esc50 / "audio" / (r["filename"][:-4] + ".flac"), r["category"],
+                        r["fold"]])
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, esc50):
+    from edgeaudio.train.cache import EmbeddingCache
+    from edgeaudio.train.loop import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("roundtrip")
+    data = make_csv(root, esc50)
+    cfg = TrainConfig(data=str(data), fold=5, student="tiny", epochs=1, batch_size=8, lr=3e-3,
+                      warmup_epochs=0, crop_seconds=1.0, mixup=0.0, specaugment=False, seed=0)
+    run = root / "run"
+    train(cfg, run, progress=False, cache=EmbeddingCache(root / "cache"))
+    out = root / "models"
+    result = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--format",
+                                       "tflite", "--int8", "--calibration", "32",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    student, ckpt = load_student(run)
+    report = json.loads((out / JSON_NAME).read_text())
+    test_clips = [r for r in csv.DictReader(open(data)) if r["fold"] == "5"]
+    return {"run": run, "out": out, "student": student, "ckpt": ckpt, "report": report,
+            "stdout": result.stdout, "test_clips": test_clips}
+
+
+def torch_clip_scores(student, info, path):
+    """Clip scores the way the runtime computes them, but with the torch front end."""
+    wave = load_audio(path, info.sample_rate)
+    windows = quantize.runtime_windows(info, wave)
+    with torch.no_grad():
+        logits = student(torch.from_numpy(windows))
+    return torch.softmax(logits, -1).mean(0).numpy()
+
+
+def test_export_writes_the_four_documented_files_and_both_reports(exported):
+    out = exported["out"]
+    for name in FILES + [JSON_NAME, MARKDOWN_NAME]:
+        assert (out / name).is_file(), name
+    printed = exported["stdout"].split()
+    assert [p for p in printed if p.endswith((".onnx", ".tflite"))] == [str(out / n)
+                                                                         for n in FILES]
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_each_file_runs_through_each_backend_and_describes_itself(exported, name):
+    path = exported["out"] / name
+    student, ckpt = exported["student"], exported["ckpt"]
+    frozen = student.frontend.frozen_spec()
+    fmt = path.suffix[1:]
+    backends = [b for b in BACKENDS_FOR_FORMAT[fmt] if backend_available(b)]
+    assert backends
+    clip = exported["test_clips"][0]["path"]
+    for backend in backends:
+        model = Model(path, backend=backend)
+        info = model.info
+        assert info.labels == ckpt["labels"] and info.n_frames == ckpt["window_frames"]
+        assert info.provenance["student"] == "tiny"
+        # the learnable front end travels frozen in the file
+        np.testing.assert_array_equal(info.frontend.filterbank_matrix(),
+                                      frozen.filterbank_matrix())
+        result = model.classify(clip)
+        assert result.scores.shape == (len(LABELS),) and abs(result.scores.sum() - 1) < 1e-4
+
+
+def test_float_files_agree_with_torch_on_every_clip_int8_on_90_percent(exported):
+    """Independent of the report's code: each file through the runtime (numpy front end)
+    against the torch student (torch front end) on the same windows."""
+    student, clips = exported["student"], exported["test_clips"][::2]
+    info = Model(exported["out"] / FILES[0]).info
+    expected = [int(np.argmax(torch_clip_scores(student, info, c["path"]))) for c in clips]
+    frontend = Model(exported["out"] / FILES[0]).frontend
+    features = [np.stack([frontend(w) for w in quantize.runtime_windows(
+        info, load_audio(c["path"], info.sample_rate))]) for c in clips]
+    agree = {}
+    for name in FILES:
+        model = Model(exported["out"] / name)
+        scores = [np.mean([model.scores_for_features(w) for w in f], axis=0) for f in features]
+        # the same as the whole path Model.classify takes
+        np.testing.assert_allclose(model.classify(clips[0]["path"]).scores, scores[0],
+                                   atol=1e-6)
+        agree[name] = float(np.mean([int(np.argmax(s)) == e for s, e in zip(scores, expected)]))
+    assert agree["model.onnx"] == 1.0 and agree["model.tflite"] == 1.0, agree
+    assert agree["model.int8.onnx"] >= 0.9 and agree["model.int8.tflite"] >= 0.9, agree
+
+
+def test_int8_tflite_has_int8_input_and_output_with_scale_and_zero_point(exported):
+    model = Model(exported["out"] / "model.int8.tflite", backend="litert")
+    inp, out = model.backend.inp, model.backend.out
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    q = model.info.extra["quantization"]
+    assert q["input_scale"] == pytest.approx(inp["quantization"][0])
+    assert q["input_zero_point"] == inp["quantization"][1]
+    # log features of real audio fit the int8 range the calibration chose
+    lo = (-128 - q["input_zero_point"]) * q["input_scale"]
+    hi = (127 - q["input_zero_point"]) * q["input_scale"]
+    assert lo < -5 and hi > 0
+    onnx_model = Model(exported["out"] / "model.int8.onnx")
+    assert onnx_model.info.extra["quantization"]["calibration_windows"] == 32
+
+
+def test_report_has_sizes_macs_accuracy_agreement_and_latency(exported):
+    report = exported["report"]
+    assert report["model"]["params"] == sum(
+        p.numel() for p in exported["student"].network.parameters())
+    assert report["model"]["macs_per_audio_second"]["network"] > 1e5
+    assert report["evaluation"]["clips"] == len(exported["test_clips"])
+    assert 0.0 <= report["torch_float"]["accuracy"] <= 1.0
+    rows = {f["file"]: f for f in report["files"]}
+    assert sorted(rows) == sorted(FILES)
+    for name, row in rows.items():
+        assert row["bytes"] == (exported["out"] / name).stat().st_size > row["graph_bytes"]
+        for b in row["backends"]:
+            assert {"accuracy", "agreement_clips", "agreement_windows",
+                    "model_ms_per_window", "model_ms_per_audio_second"} <= set(b)
+            assert b["model_ms_per_audio_second"] == pytest.approx(
+                b["model_ms_per_window"] / report["model"]["hop_seconds"])
+            if not row["int8"]:
+                assert b["agreement_clips"] == 1.0
+    # int8 weights are a quarter of float ones; names and per-channel scales stay
+    assert rows["model.int8.tflite"]["graph_bytes"] < 0.6 * rows["model.tflite"]["graph_bytes"]
+    assert rows["model.int8.onnx"]["graph_bytes"] < 0.6 * rows["model.onnx"]["graph_bytes"]
+    md = (exported["out"] / MARKDOWN_NAME).read_text()
+    for name in FILES:
+        assert name in md
+    assert "parameters" in md and "MACs per second of audio" in md
+
+
+def test_int8_tflite_runs_under_tflm_with_the_same_top1_as_litert(exported):
+    from edgeaudio.export.tflm import TFLMRunner, fits, smallest_arena, strip_metadata
+
+    tflm = exported["report"]["files"][FILES.index("model.int8.tflite")]["tflm"]
+    assert tflm["agreement_clips"] == 1.0 and tflm["agreement_reference"] == "litert"
+    assert tflm["agreement_windows"] >= 0.95
+    data = (exported["out"] / "model.int8.tflite").read_bytes()
+    arena = smallest_arena(data)
+    assert arena == tflm["arena_bytes"] and fits(strip_metadata(data), arena)
+    assert not fits(strip_metadata(data), arena - 1024)
+    runner = TFLMRunner(data)
+    model = Model(exported["out"] / "model.int8.tflite", backend="litert")
+    for clip in exported["test_clips"][:3]:
+        wave = load_audio(clip["path"], model.sample_rate)
+        for window in quantize.runtime_windows(model.info, wave)[:2]:
+            features = model.frontend(window)
+            a, b = runner.run(features), model.backend.run(features)
+            # reference kernels vs LiteRT's optimized ones: a few int8 steps of rounding
+            assert np.abs(a - b).max() <= 6.01 * model.backend.out["quantization"][0]
+
+
+def test_classify_cli_just_works_with_the_int8_tflite(exported):
+    clip = exported["test_clips"][0]["path"]
+    proc = subprocess.run([sys.executable, "-m", "edgeaudio", "classify", "--model",
+                           str(exported["out"] / "model.int8.tflite"), clip, "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["top"][0]["label"] in LABELS
