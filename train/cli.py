@@ -177,6 +177,21 @@ def evaluate_command(run, data, recipe, fold, out, as_json, threads):
     from .loop import evaluate_run
 
     torch.set_num_threads(threads)
+    run_path = Path(run)
+    fold_runs = sorted(p for p in run_path.glob("fold*") if (p / "checkpoint.pt").exists()) \
+        if run_path.is_dir() and not (run_path / "checkpoint.pt").exists() else []
+    if fold_runs and data is None:  # a cross-validation folder: every fold on its own split
+        reports = {p.name: evaluate_run(p, progress=not as_json) for p in fold_runs}
+        accs = [r["accuracy"] for r in reports.values()]
+        summary = {"folds": {k: r["accuracy"] for k, r in reports.items()},
+                   "accuracy_mean": sum(accs) / len(accs)}
+        if as_json:
+            click.echo(json.dumps(summary))
+        else:
+            for name, acc in summary["folds"].items():
+                click.echo(f"{name}: accuracy {acc:.4f}")
+            click.echo(f"mean accuracy {summary['accuracy_mean']:.4f} over {len(accs)} folds")
+        return
     report = evaluate_run(run, data, recipe, fold, progress=not as_json, out=out)
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "confusion"}))

@@ -143,6 +143,11 @@ def test_cross_validation_writes_mean_and_per_fold_figures(toy_csv, tmp_path, fa
             for k in (1, 2)]
     assert summary["accuracy_mean"] == pytest.approx(np.mean(accs))
     assert (tmp_path / "cv" / "cv.png").exists() and (tmp_path / "cv" / "cv_metrics.json").exists()
+    from click.testing import CliRunner
+    from edgeaudio.cli import main
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "cv"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["accuracy_mean"] == pytest.approx(np.mean(accs))
 
 
 @pytest.mark.parametrize("method", ["film", "feature-only"])
@@ -168,3 +173,16 @@ def test_spec_augment_masks_whole_semitones_across_harmonics():
     changed = (out != feats)[0, 0].reshape(3, 4)
     assert torch.equal(changed[0], changed[1]) and torch.equal(changed[1], changed[2])
     assert changed[0].sum() <= 3
+
+
+def test_training_features_equal_the_students_front_end():
+    from edgeaudio.train.loop import training_features
+    from edgeaudio.train.students import build_student
+    student = build_student("tiny", 3)
+    wave = torch.randn(2, SR) * 0.1
+    with torch.no_grad():
+        exact = student.features(wave)
+    fast = training_features(student, wave)
+    assert fast.shape == exact.shape and (fast - exact).abs().max() < 1e-4
+    fast.sum().backward()
+    assert student.frontend.learnable_filterbank.log_q.grad is not None  # Q still learns
