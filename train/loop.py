@@ -592,8 +592,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                           "reg {reg:.4f}  train acc {train_acc:.3f}  held-out acc {ta}  "
                           "({seconds:.0f} s)".format(**record,
                                                      ta=f"{record['test_acc']:.3f}"
-                                                     if "test_acc" in record else "-"),
-                 echo=not progress or not sys.stderr.isatty() or True)
+                                                     if "test_acc" in record else "-"))
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
             return {"stopped_after_epoch": epoch}
 

@@ -186,3 +186,18 @@ def test_training_features_equal_the_students_front_end():
     assert fast.shape == exact.shape and (fast - exact).abs().max() < 1e-4
     fast.sum().backward()
     assert student.frontend.learnable_filterbank.log_q.grad is not None  # Q still learns
+
+
+def test_evaluate_on_other_data_rejects_labels_the_model_does_not_know(toy_csv, tmp_path, fakes):
+    from edgeaudio.train.data import DatasetError
+    run(toy_config(toy_csv, epochs=1), tmp_path / "r", tmp_path, fakes)
+    other = tmp_path / "other.csv"
+    other.write_text(f"path,label\n{toy_csv.parent / 'low0.wav'},low\n"
+                     f"{toy_csv.parent / 'high0.wav'},whistle\n")
+    with pytest.raises(DatasetError, match=r"other.csv line 3: label 'whistle' is unknown"):
+        evaluate_run(tmp_path / "r", data=str(other), progress=False)
+    ok = tmp_path / "ok.csv"
+    ok.write_text(f"path,label\n{toy_csv.parent / 'low0.wav'},low\n"
+                  f"{toy_csv.parent / 'noise1.wav'},noise\n")
+    report = evaluate_run(tmp_path / "r", data=str(ok), progress=False, out=tmp_path / "ev")
+    assert report["n_clips"] == 2 and (tmp_path / "ev" / "evaluation.json").exists()
