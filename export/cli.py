@@ -56,8 +56,8 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
         recipe = None if data else config.get("recipe")
         dataset = load_dataset(source, recipe)
         fold = test_fold if test_fold is not None else config.get("fold")
-        if fold is not None and not dataset.has_folds:
-            fold = None  # a folder without folds: the run's seeded split, as in training
+        if test_fold is None and fold is not None and not dataset.has_folds:
+            fold = None  # --data without folds replaces the run's: a seeded split
         train_idx, test_idx = split_indices(
             dataset, None if fold is None else int(fold), seed=int(config.get("seed", 0)),
             val_fraction=float(config.get("val_fraction", 0.2)),
@@ -228,11 +228,13 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
               help="Calibration windows drawn from the training clips.")
 @click.option("--calibration-data", type=click.Path(file_okay=False),
               help="Calibrate on this folder of audio instead of the training clips.")
-@click.option("--data", type=click.Path(file_okay=False),
-              help="Data folder (ESC-50 or class sub-folders). Default: the run's setting.")
+@click.option("--data", type=click.Path(),
+              help="Data: ESC-50 folder, class sub-folders or a path,label[,fold] CSV. "
+                   "Default: the run's own data.")
 @click.option("--test-fold", type=int, help="Held-out fold. Default: the run's setting.")
-@click.option("--eval-data", type=click.Path(file_okay=False),
-              help="Evaluate on this folder (class sub-folders) instead of the held-out fold.")
+@click.option("--eval-data", type=click.Path(),
+              help="Evaluate on this labeled data (folder or CSV) instead of the held-out "
+                   "split.")
 @click.option("--qat", "qat_epochs", default=0, show_default=True, type=click.IntRange(0),
               help="Quantization-aware fine-tuning epochs, used when PTQ costs more than "
                    "--qat-threshold points of accuracy.")

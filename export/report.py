@@ -14,6 +14,7 @@ features are computed once per clip and handed to each model (``scores_for_featu
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -204,21 +205,41 @@ def file_report(path: Path, network, info: ModelInfo, data: EvalSet, reference: 
 
 
 def tflm_report(path: Path, info: ModelInfo, data: EvalSet, row: dict) -> dict:
-    """TFLM: smallest arena, and top-1 agreement with LiteRT on the evaluation clips."""
+    """TFLM: smallest arena, and top-1 agreement with LiteRT on the evaluation clips (plus the
+    largest raw output difference, in int8 output steps: reference kernels round differently
+    from LiteRT's optimized ones, so near-ties can flip)."""
     try:
-        from .tflm import TFLMRunner, smallest_arena
+        from .tflm import LiteRTReference, TFLMRunner, smallest_arena
         arena = smallest_arena(path.read_bytes())
         runner = TFLMRunner(path, arena_size=arena + 1024)
     except Exception as exc:  # report, don't fail the export: the files are written
         return {"error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
     d = {"arena_bytes": arena}
     if data.features:
-        scores = tflm_window_scores(runner, info, data)
-        litert = Model(path, backend="litert") if backend_available("litert") else None
-        reference = runtime_window_scores(litert, data) if litert else None
+        raw = [np.stack([runner.run(w) for w in f]) for f in data.features]
+        scores = [activate(r.astype(np.float64), info.output_activation) for r in raw]
+        reference = None
+        if backend_available("litert"):
+            litert = Model(path, backend="litert")
+            ref_raw = [np.stack([litert.backend.run(w) for w in f]) for f in data.features]
+            reference = [activate(r.astype(np.float64), info.output_activation)
+                         for r in ref_raw]
+            step = runner._qparams(runner.out)
+            if step:
+                d["max_output_diff_steps"] = float(round(max(
+                    np.abs(a - b).max() for a, b in zip(raw, ref_raw)) / step[0], 3))
         d.update(compare(scores, reference, data, info.clip_pooling))
         if reference is not None:
             d["agreement_reference"] = "litert"
+        # the same graph, the same kernels: TFLM against LiteRT's reference kernels
+        inputs = [runner.quantize_input(w) for f in data.features for w in f][:200]
+        with contextlib.suppress(Exception):
+            ref = LiteRTReference(path.read_bytes())
+            diffs = [np.abs(runner.run_raw(x).astype(np.int64) - ref.run_raw(x)).max()
+                     for x in inputs]
+            d["bit_exact_with_litert_reference_kernels"] = float(np.mean(np.equal(diffs, 0)))
+            d["max_diff_vs_litert_reference_steps"] = int(max(diffs))
+            d["bit_exact_windows_checked"] = len(inputs)
     return d
 
 
@@ -310,7 +331,14 @@ def markdown(report: dict) -> str:
                 lines.append(f"- {f['file']}: arena {t['arena_bytes'] / 1024:.1f} KiB; "
                              f"accuracy {_pct(t.get('accuracy'))}; top-1 = LiteRT on "
                              f"{_pct(t.get('agreement_clips'))} of clips, "
-                             f"{_pct(t.get('agreement_windows'))} of windows")
+                             f"{_pct(t.get('agreement_windows'))} of windows"
+                             + (f"; outputs within {t['max_output_diff_steps']:g} int8 steps"
+                                if t.get("max_output_diff_steps") is not None else "")
+                             + (f"; bit-exact with LiteRT's reference kernels on "
+                                f"{_pct(t['bit_exact_with_litert_reference_kernels'])} of "
+                                f"{t['bit_exact_windows_checked']} windows (others within "
+                                f"{t['max_diff_vs_litert_reference_steps']} step)"
+                                if "bit_exact_with_litert_reference_kernels" in t else ""))
     lines += ["", "Size: whole file (graph alone, without the metadata JSON). Agreement: the "
               "file's top-1 equals the torch float network's on the same features. Latency: "
               "median of repeated single-window runs; per second of audio = per window / hop."]

@@ -120,16 +120,42 @@ class TFLMRunner:
         self.interpreter.invoke()
         return np.asarray(self.interpreter.get_output(0))
 
-    def run(self, features: np.ndarray) -> np.ndarray:
-        """Log features ``[n_frames, bins]`` -> raw float outputs ``[classes]``."""
+    def quantize_input(self, features: np.ndarray) -> np.ndarray:
+        """Log features ``[n_frames, bins]`` -> the input tensor (int8 where the model is)."""
         x = np.asarray(features, np.float32)[None]
         dtype = np.dtype(self.inp["dtype"])
         q = self._qparams(self.inp)
         if dtype in (np.int8, np.uint8) and q:
             info = np.iinfo(dtype)
-            x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max).astype(dtype)
-        y = self.run_raw(x.astype(dtype))
+            x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max)
+        return x.astype(dtype).reshape(self.input_shape)
+
+    def run(self, features: np.ndarray) -> np.ndarray:
+        """Log features ``[n_frames, bins]`` -> raw float outputs ``[classes]``."""
+        y = self.run_raw(self.quantize_input(features))
         q = self._qparams(self.out)
         if np.dtype(self.out["dtype"]) in (np.int8, np.uint8) and q:
             y = (y.astype(np.float32) - q[1]) * q[0]
         return np.asarray(y, np.float32).reshape(-1)
+
+
+class LiteRTReference:
+    """LiteRT with its reference kernels (``OpResolverType.BUILTIN_REF``): the kernels TFLM
+    shares, so TFLM must match it bit for bit. LiteRT's default (optimized / XNNPACK) kernels
+    round differently and may differ by a few int8 steps after many layers."""
+
+    def __init__(self, tflite_bytes: bytes):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        with _native_stderr_silenced():
+            self.interpreter = Interpreter(
+                model_content=strip_metadata(tflite_bytes), num_threads=1,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+            self.interpreter.allocate_tensors()
+        self.inp = self.interpreter.get_input_details()[0]
+        self.out = self.interpreter.get_output_details()[0]
+
+    def run_raw(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.inp["index"], np.asarray(x).reshape(self.inp["shape"]))
+        self.interpreter.invoke()
+        return np.asarray(self.interpreter.get_tensor(self.out["index"]))

@@ -1,6 +1,11 @@
-"""The export round trip on real clips: train a tiny student for 1 epoch with the real training
+"""The export round trip on real clips: train a tiny student briefly with the real training
 loop, ``edgeaudio export`` it to all four files, load each through each backend of the runtime
 and compare with the torch network (a different front end implementation: torch's, not numpy's).
+
+Training is 3 short epochs (80 one-second crops each, ~3 s), not 1: after a single epoch of 10-20
+steps the BatchNorm running statistics are still near their initial values and the eval-mode
+network names the same class for every clip, which would make "top-1 agreement" trivially true.
+``test_the_tiny_model_tells_classes_apart`` guards that.
 
 One export is shared by the module (conversions take seconds each).
 """
@@ -64,13 +69,13 @@ def exported(tmp_path_factory, esc50):
 
     root = tmp_path_factory.mktemp("roundtrip")
     data = make_csv(root, esc50)
-    cfg = TrainConfig(data=str(data), fold=5, student="tiny", epochs=1, batch_size=8, lr=3e-3,
+    cfg = TrainConfig(data=str(data), fold=5, student="tiny", epochs=3, batch_size=4, lr=3e-3,
                       warmup_epochs=0, crop_seconds=1.0, mixup=0.0, specaugment=False, seed=0)
     run = root / "run"
     train(cfg, run, progress=False, cache=EmbeddingCache(root / "cache"))
     out = root / "models"
     result = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--format",
-                                       "tflite", "--int8", "--calibration", "32",
+                                       "tflite", "--int8", "--calibration", "100",
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     student, ckpt = load_student(run)
@@ -120,10 +125,17 @@ def test_each_file_runs_through_each_backend_and_describes_itself(exported, name
         assert result.scores.shape == (len(LABELS),) and abs(result.scores.sum() - 1) < 1e-4
 
 
+def test_the_tiny_model_tells_classes_apart(exported):
+    student, clips = exported["student"], exported["test_clips"]
+    info = Model(exported["out"] / FILES[0]).info
+    predicted = {int(np.argmax(torch_clip_scores(student, info, c["path"]))) for c in clips}
+    assert len(predicted) >= 3, "agreement on a constant classifier would prove nothing"
+
+
 def test_float_files_agree_with_torch_on_every_clip_int8_on_90_percent(exported):
     """Independent of the report's code: each file through the runtime (numpy front end)
     against the torch student (torch front end) on the same windows."""
-    student, clips = exported["student"], exported["test_clips"][::2]
+    student, clips = exported["student"], exported["test_clips"]
     info = Model(exported["out"] / FILES[0]).info
     expected = [int(np.argmax(torch_clip_scores(student, info, c["path"]))) for c in clips]
     frontend = Model(exported["out"] / FILES[0]).frontend
@@ -153,7 +165,7 @@ def test_int8_tflite_has_int8_input_and_output_with_scale_and_zero_point(exporte
     hi = (127 - q["input_zero_point"]) * q["input_scale"]
     assert lo < -5 and hi > 0
     onnx_model = Model(exported["out"] / "model.int8.onnx")
-    assert onnx_model.info.extra["quantization"]["calibration_windows"] == 32
+    assert onnx_model.info.extra["quantization"]["calibration_windows"] == 100
 
 
 def test_report_has_sizes_macs_accuracy_agreement_and_latency(exported):
@@ -183,25 +195,30 @@ def test_report_has_sizes_macs_accuracy_agreement_and_latency(exported):
     assert "parameters" in md and "MACs per second of audio" in md
 
 
-def test_int8_tflite_runs_under_tflm_with_the_same_top1_as_litert(exported):
-    from edgeaudio.export.tflm import TFLMRunner, fits, smallest_arena, strip_metadata
+def test_int8_tflite_runs_under_tflm_bit_exact_with_litert_reference_kernels(exported):
+    from edgeaudio.export.tflm import (LiteRTReference, TFLMRunner, fits, smallest_arena,
+                                       strip_metadata)
 
     tflm = exported["report"]["files"][FILES.index("model.int8.tflite")]["tflm"]
-    assert tflm["agreement_clips"] == 1.0 and tflm["agreement_reference"] == "litert"
-    assert tflm["agreement_windows"] >= 0.95
+    assert tflm["agreement_clips"] >= 0.95 and tflm["agreement_reference"] == "litert"
+    # TFLM runs the graph as LiteRT's reference kernels do (LiteRT's default optimized kernels
+    # round differently: a few int8 steps after 20 layers, enough to flip near-ties); TFLM's
+    # fully-connected kernel rounds its requantization differently now and then: one step
+    assert tflm["bit_exact_with_litert_reference_kernels"] >= 0.95
+    assert tflm["max_diff_vs_litert_reference_steps"] <= 1
+    assert tflm["bit_exact_windows_checked"] >= 100
     data = (exported["out"] / "model.int8.tflite").read_bytes()
     arena = smallest_arena(data)
     assert arena == tflm["arena_bytes"] and fits(strip_metadata(data), arena)
     assert not fits(strip_metadata(data), arena - 1024)
-    runner = TFLMRunner(data)
+    runner, reference = TFLMRunner(data), LiteRTReference(data)
     model = Model(exported["out"] / "model.int8.tflite", backend="litert")
     for clip in exported["test_clips"][:3]:
         wave = load_audio(clip["path"], model.sample_rate)
         for window in quantize.runtime_windows(model.info, wave)[:2]:
-            features = model.frontend(window)
-            a, b = runner.run(features), model.backend.run(features)
-            # reference kernels vs LiteRT's optimized ones: a few int8 steps of rounding
-            assert np.abs(a - b).max() <= 6.01 * model.backend.out["quantization"][0]
+            x = runner.quantize_input(model.frontend(window))
+            a, b = runner.run_raw(x).astype(int), reference.run_raw(x).astype(int)
+            assert np.abs(a - b).max() <= 1
 
 
 def test_classify_cli_just_works_with_the_int8_tflite(exported):
