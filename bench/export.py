@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: 1 thread, as the runtime
 
 import numpy as np  # noqa: E402
 

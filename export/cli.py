@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,11 +165,16 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     macs = count_macs_per_second(student)
     params = count_params(network)
 
+    # the checkpoint's own figures (training evaluates whole clips in one pass; the report
+    # scores the runtime's windows, as the files are used)
+    extra = {"checkpoint": {"path": str(ckpt_path), "epoch": ckpt.get("epoch"),
+                            "metrics": ckpt.get("metrics") or {}}}
+
     def make_report():
         return build_report(network=network, info=info, files=list(files.values()),
                             data=data_set, params=params, macs_per_second=macs,
                             repeats=repeats, tflm=tflm,
-                            extra={"quantization": q} if q else None)
+                            extra={**({"quantization": q} if q else {}), **extra})
 
     result = {"files": files, "report": None, "report_files": []}
     if not (report or (int8 and qat_epochs)):
@@ -187,30 +193,30 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
         tuned = quantize.qat_finetune(network, info, x, y, epochs=qat_epochs, seed=seed,
                                       calibration=cal)
         qat_dir = out / ".qat"
-        qat_files = write_model_files(
-            network, info, qat_dir, formats=formats, float_files=False, int8=True,
-            calibration=cal, stem=stem, int8_network=tuned.network,
-            tflite_pt2e=(tuned.quantizer, tuned.converted))
-        q_qat = dict(q, method="QAT", qat_epochs=qat_epochs, qat_losses=tuned.losses)
-        rep_qat = build_report(network=network, info=info,
-                               files=[files[n] for n in files if ".int8." not in n]
-                               + list(qat_files.values()), data=data_set, params=params,
-                               macs_per_second=macs, repeats=repeats, tflm=tflm,
-                               extra={"quantization": q_qat})
-        drop_qat = _int8_drop(rep_qat["files"], rep_qat["torch_float"].get("accuracy"))
-        if drop_qat is not None and drop_qat < drop:
-            for n, p in qat_files.items():
-                os.replace(p, files[n])
-            rep, q = rep_qat, q_qat
-            q["qat_drop_points"] = drop_qat
-            echo(f"QAT: int8 now within {drop_qat:.2f} points; kept")
-        else:
-            q["qat_tried"] = {"epochs": qat_epochs, "drop_points": drop_qat}
-            rep["quantization"] = q
-            echo(f"QAT did not help ({drop_qat} points); kept the PTQ files")
-        for p in qat_dir.iterdir():
-            p.unlink()
-        qat_dir.rmdir()
+        try:
+            qat_files = write_model_files(
+                network, info, qat_dir, formats=formats, float_files=False, int8=True,
+                calibration=cal, stem=stem, int8_network=tuned.network,
+                tflite_pt2e=(tuned.quantizer, tuned.converted))
+            q_qat = dict(q, method="QAT", qat_epochs=qat_epochs, qat_losses=tuned.losses)
+            rep_qat = build_report(network=network, info=info,
+                                   files=[files[n] for n in files if ".int8." not in n]
+                                   + list(qat_files.values()), data=data_set, params=params,
+                                   macs_per_second=macs, repeats=repeats, tflm=tflm,
+                                   extra={"quantization": q_qat, **extra})
+            drop_qat = _int8_drop(rep_qat["files"], rep_qat["torch_float"].get("accuracy"))
+            if drop_qat is not None and drop_qat < drop:
+                for n, p in qat_files.items():
+                    os.replace(p, files[n])
+                rep, q = rep_qat, q_qat
+                q["qat_drop_points"] = drop_qat
+                echo(f"QAT: int8 now within {drop_qat:.2f} points; kept")
+            else:
+                q["qat_tried"] = {"epochs": qat_epochs, "drop_points": drop_qat}
+                rep["quantization"] = q
+                echo(f"QAT did not help ({drop_qat} points); kept the PTQ files")
+        finally:
+            shutil.rmtree(qat_dir, ignore_errors=True)
     result["report"] = rep
     if report:
         result["report_files"] = list(write_report(rep, out))
