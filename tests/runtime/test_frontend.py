@@ -73,3 +73,23 @@ def test_stored_matrix_filterbank_round_trips():
     np.testing.assert_array_equal(decode_matrix(spec.filterbank), m)
     assert spec.n_bins == 12
     assert Frontend(spec)(np.ones(1000, np.float32)).shape == (4, 12)
+
+
+def test_sparse_filterbank_encoding_is_exact_and_small():
+    fb = mel_filterbank(16000, 1024, 128)
+    fb[5] = 0.0  # an empty band survives the round trip
+    enc = encode_matrix(fb)
+    np.testing.assert_array_equal(decode_matrix(enc), fb)
+    dense_b64_bytes = fb.size * 4 * 4 / 3
+    assert len(enc["data_b64"]) < dense_b64_bytes / 10
+
+
+def test_dense_and_malformed_matrices():
+    import base64
+    m = np.arange(6, dtype="<f4").reshape(2, 3)
+    dense = {"shape": [2, 3], "data_b64": base64.b64encode(m.tobytes()).decode()}
+    np.testing.assert_array_equal(decode_matrix(dense), m)
+    bad = {**encode_matrix(m), "lengths": [3, 9]}
+    from edgeaudio import ModelFileError
+    with pytest.raises(ModelFileError, match="malformed"):
+        decode_matrix(bad)
