@@ -162,7 +162,8 @@ def main():
         print(f"| YAMNet yamnet_waveform.tflite | litert | {yamnet['bytes'] / 1024:.0f} | – | – "
               f"| – | – | {yamnet['ms_per_audio_second']:.2f} (front end inside) | – |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "threads": 1,
+    args.json.write_text(json.dumps({"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                                     "machine": machine(), "threads": 1,
                                      "audio": args.audio.name, "models": str(models),
                                      "report": report and {k: report[k] for k in (
                                          "model", "evaluation", "torch_float",
