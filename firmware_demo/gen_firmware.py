@@ -4,15 +4,25 @@
 
 writes three files into ``--out``:
 
-- ``ea_model_data.c`` / ``ea_model_data.h``: the model as a 16-byte-aligned ``const`` byte
-  array (TFLM reads it in place from flash), its length, the labels, the model window
-  (``EA_N_FRAMES``), and how the model's input is fed (``EA_INPUT_INT8`` with scale and zero
-  point, or float);
+- ``ea_model_data.c`` / ``ea_model_data.h``: the model graph as a 16-byte-aligned ``const``
+  byte array (TFLM reads it in place from flash), its length, the labels, the model window
+  (``EA_N_FRAMES``), how the model's input is fed (``EA_INPUT_INT8`` with scale and zero point,
+  or float), the TFLM ops the graph uses (``EA_ADD_MODEL_OPS(resolver)``) and, when the
+  ``tflite-micro`` package is installed, the smallest tensor arena TFLM allocates it in on
+  this host (``EA_ARENA_MIN_BYTES``);
 - ``ea_frontend_config.h``: the front end's constants and tables (``gen_frontend_header``),
   from the spec inside the model file, with the input quantization above.
 
 Everything comes from the model file itself (its ``edgeaudio`` metadata and its input tensor),
 so the firmware and the Python runtime cannot disagree about the features.
+
+The array is the graph only (``firmware_model_bytes``): the ``edgeaudio`` metadata buffer (the
+labels and front end, already turned into C above; for a harmonic student it holds the stored
+filterbank matrix) is dropped, and so are the strings TFLM never reads (tensor names, signature
+definitions, the model description; ``--keep-names`` keeps them). Neither changes a single
+output: TFLM runs the stripped graph bit for bit as the original.
+
+Needs the runtime (``edgeaudio``) and ``ai-edge-litert``; no torch.
 """
 from __future__ import annotations
 
@@ -23,15 +33,111 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from edgeaudio.modelfile import info_from_tflite, read_model_bytes
+    from edgeaudio.modelfile import METADATA_KEY, info_from_tflite, read_model_bytes
 except ImportError:  # a checkout without an install: the runtime sits beside us
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from edgeaudio.modelfile import info_from_tflite, read_model_bytes
+    from edgeaudio.modelfile import METADATA_KEY, info_from_tflite, read_model_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_frontend_header import write_frontend_header  # noqa: E402
 
 BYTES_PER_LINE = 16
+ARENA_STEP = 256          # the arena search's resolution (bytes)
+ARENA_HIGH = 64 * 1024    # first guess; doubled until the model fits
+
+
+def firmware_model_bytes(tflite_bytes: bytes, keep_names: bool = False) -> bytes:
+    """The flatbuffer a board needs: without the ``edgeaudio`` metadata entry and its buffer
+    (emptied, not removed: buffers are referenced by index), and unless ``keep_names``
+    without tensor names, signature definitions and the description (``strip_strings``).
+    The same as ``edgeaudio.export.tflm.strip_metadata`` (plus the strings), without torch."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    keep, drop = [], set()
+    for meta in model.metadata or []:
+        name = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
+        (drop.add(meta.buffer) if name == METADATA_KEY else keep.append(meta))
+    if not drop and keep_names:
+        return bytes(tflite_bytes)
+    for index in drop:
+        model.buffers[index].data = None
+    model.metadata = keep
+    if not keep_names:
+        flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def model_ops(model_bytes: bytes) -> list:
+    """Builtin op names the graph uses (``CONV_2D``, ...), in first-use order."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    names = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+# TFLM's MicroMutableOpResolver method for a builtin op: Add + the CamelCase name ("2D" parts
+# stay upper case), except these
+_RESOLVER_EXCEPTIONS = {"BATCH_MATMUL": "BatchMatMul", "PADV2": "PadV2",
+                        "UNIDIRECTIONAL_SEQUENCE_LSTM": "UnidirectionalSequenceLSTM"}
+
+
+def resolver_method(op_name: str) -> str:
+    """``CONV_2D`` -> ``AddConv2D``, ``REDUCE_MAX`` -> ``AddReduceMax``."""
+    return "Add" + _RESOLVER_EXCEPTIONS.get(op_name, "".join(
+        part if part[:1].isdigit() else part[:1] + part[1:].lower()
+        for part in op_name.split("_")))
+
+
+def _tflm_runtime():
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        return None
+    return runtime
+
+
+def tflm_fits(model_bytes: bytes, arena_size: int) -> bool:
+    """Whether TFLM (the ``tflite-micro`` package) allocates every tensor in ``arena_size``."""
+    from edgeaudio.backends import _native_stderr_silenced
+
+    runtime = _tflm_runtime()
+    if runtime is None:
+        raise RuntimeError("TensorFlow Lite Micro is not installed (pip install tflite-micro)")
+    try:
+        with _native_stderr_silenced():
+            runtime.Interpreter.from_bytes(model_bytes, arena_size=int(arena_size))
+        return True
+    except RuntimeError:
+        return False
+
+
+def smallest_arena(model_bytes: bytes, step: int = ARENA_STEP) -> int:
+    """The smallest tensor arena (a multiple of ``step`` bytes) TFLM allocates ``model_bytes``
+    in, by bisection; the figure for this host (64-bit: TFLM's own structs take a little more
+    room than on a 32-bit microcontroller)."""
+    high = ARENA_HIGH
+    while not tflm_fits(model_bytes, high):
+        if high > 512 * 1024 * 1024:
+            raise RuntimeError("TFLM cannot allocate this model in 512 MiB; does it use ops "
+                               "TFLM lacks?")
+        high *= 2
+    low = 0  # known not to fit (or nothing)
+    while high - low > step:
+        mid = (low + high) // 2 // step * step
+        if mid <= low:
+            break
+        if tflm_fits(model_bytes, mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def tflite_input_quantization(model_bytes: bytes):
@@ -47,9 +153,19 @@ def _c_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def model_sources(model_bytes: bytes, info, input_dtype: str) -> tuple[str, str]:
-    """(header text, source text) for the model array, labels and input description."""
+def model_sources(model_bytes: bytes, info, input_dtype: str, ops=(),
+                  arena_bytes: int | None = None) -> tuple[str, str]:
+    """(header text, source text) for the model array, labels, input description, the ops to
+    register and the smallest arena."""
     labels = ", ".join(_c_string(label) for label in info.labels)
+    adds = " ".join(f"(resolver).{resolver_method(op)}();" for op in ops)
+    op_lines = (f"/* TFLM ops the graph uses: {', '.join(ops)} */\n"
+                f"#define EA_N_MODEL_OPS {len(ops)}\n"
+                f"#define EA_ADD_MODEL_OPS(resolver) do {{ {adds} }} while (0)\n")
+    arena_lines = ("" if arena_bytes is None else
+                   "/* smallest tensor arena TFLM allocated this graph in, on the host that "
+                   "generated\n   this file (64-bit; a 32-bit board needs a little less) */\n"
+                   f"#define EA_ARENA_MIN_BYTES {int(arena_bytes)}\n")
     # the scale and zero point themselves live in ea_frontend_config.h (EA_INPUT_SCALE, ...)
     input_lines = ("#define EA_INPUT_INT8 1  /* int8 features: ea_frontend_quantize_input */"
                    if input_dtype == "int8" else
@@ -63,7 +179,7 @@ def model_sources(model_bytes: bytes, info, input_dtype: str) -> tuple[str, str]
 #define EA_N_FRAMES {info.n_frames}          /* model window: frames per inference */
 #define EA_HOP_SECONDS {info.hop_seconds!r}f  /* inference hop when streaming */
 {input_lines}
-
+{op_lines}{arena_lines}
 extern const unsigned char ea_model_data[];
 extern const unsigned int ea_model_data_len;
 extern const char *const ea_labels[EA_N_LABELS];
@@ -76,7 +192,8 @@ extern const char *const ea_labels[EA_N_LABELS];
     source = f"""/* Generated by firmware_demo/gen_firmware.py from {info.name} {info.version}. Do not edit. */
 #include "ea_model_data.h"
 
-/* TFLM reads the flatbuffer in place: 16-byte alignment keeps its tensors aligned. */
+/* The model graph (edgeaudio metadata and names stripped); TFLM reads the flatbuffer in
+   place: 16-byte alignment keeps its tensors aligned. */
 #if defined(__GNUC__)
 #define EA_ALIGNED __attribute__((aligned(16)))
 #else
@@ -92,25 +209,33 @@ const char *const ea_labels[EA_N_LABELS] = {{{labels}}};
     return header, source
 
 
-def generate(model_path, out_dir) -> dict:
-    """Write the three generated files; returns what was written and the input description."""
+def generate(model_path, out_dir, keep_names: bool = False, arena: bool | None = None) -> dict:
+    """Write the three generated files; returns what was written, the flash bytes of the graph
+    and the input description. ``arena``: search the smallest TFLM arena (default: when the
+    ``tflite-micro`` package is installed)."""
     path, data, fmt = read_model_bytes(model_path)
     if fmt != "tflite":
         raise SystemExit(f"error: {path}: firmware needs a .tflite model (got {fmt})")
-    info = info_from_tflite(path, data)
-    input_dtype, scale, zero_point = tflite_input_quantization(data)
+    info = info_from_tflite(path, data)  # labels and front end: from the metadata, before
+    graph = firmware_model_bytes(data, keep_names=keep_names)  # it is stripped
+    input_dtype, scale, zero_point = tflite_input_quantization(graph)
+    ops = model_ops(graph)
+    if arena is None:
+        arena = _tflm_runtime() is not None
+    arena_bytes = smallest_arena(graph) if arena else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    header, source = model_sources(data, info, input_dtype)
+    header, source = model_sources(graph, info, input_dtype, ops, arena_bytes)
     (out / "ea_model_data.h").write_text(header)
     (out / "ea_model_data.c").write_text(source)
     int8 = input_dtype == "int8"
     write_frontend_header(info.frontend, out / "ea_frontend_config.h",
                           input_scale=scale if int8 else None,
                           input_zero_point=zero_point if int8 else None)
-    return {"model": str(path), "model_bytes": len(data), "input_dtype": input_dtype,
-            "input_scale": scale, "input_zero_point": zero_point, "n_frames": info.n_frames,
-            "labels": len(info.labels),
+    return {"model": str(path), "file_bytes": len(data), "model_bytes": len(graph),
+            "input_dtype": input_dtype, "input_scale": scale, "input_zero_point": zero_point,
+            "n_frames": info.n_frames, "n_bins": info.frontend.n_bins,
+            "labels": len(info.labels), "ops": ops, "arena_bytes": arena_bytes,
             "files": [str(out / n) for n in ("ea_model_data.h", "ea_model_data.c",
                                              "ea_frontend_config.h")]}
 
@@ -120,10 +245,17 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="an edgeaudio .tflite model (int8 for a microcontroller)")
     ap.add_argument("--out", required=True, help="folder for the generated sources")
+    ap.add_argument("--keep-names", action="store_true",
+                    help="keep tensor names and signatures in the array (debugging)")
+    ap.add_argument("--no-arena", dest="arena", action="store_false", default=None,
+                    help="skip the TFLM arena search (EA_ARENA_MIN_BYTES)")
     args = ap.parse_args(argv)
-    result = generate(args.model, args.out)
-    print(f"{result['model']}: {result['model_bytes']} bytes, input {result['input_dtype']}, "
-          f"{result['labels']} labels -> {args.out}")
+    result = generate(args.model, args.out, keep_names=args.keep_names, arena=args.arena)
+    arena = ("" if result["arena_bytes"] is None
+             else f", smallest TFLM arena {result['arena_bytes']} bytes")
+    print(f"{result['model']}: {result['model_bytes']} bytes in flash (file "
+          f"{result['file_bytes']}), input {result['input_dtype']}, {result['labels']} labels"
+          f"{arena} -> {args.out}")
     return 0
 
 

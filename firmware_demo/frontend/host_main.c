@@ -1,15 +1,21 @@
 /* Host harness for the C front end (tests and benchmarks, not for the device).
  *
- * usage: ea_frontend_host [--int16] [--chunk N] [--int8 PATH] [--scale S --zero-point Z]
- *                         [--bench REPEATS] INPUT OUTPUT
+ * usage: ea_frontend_host [--int16] [--chunk N] [--window N] [--int8 PATH]
+ *                         [--scale S --zero-point Z] [--bench REPEATS] [--model-out PATH]
+ *                         INPUT OUTPUT
  *   INPUT   raw mono samples, native-endian float32 (or int16 PCM with --int16); "-" = stdin
  *   OUTPUT  float32 features [frames][EA_N_BINS], row-major; "-" = stdout
  *   --chunk N      push N samples at a time through the streaming API
  *                  (default: the whole buffer through ea_frontend_compute)
+ *   --window N     the input is back-to-back model windows of N samples each: every window
+ *                  goes through the front end on its own (a fresh stream with --chunk), and
+ *                  the output holds their frames one window after the other
  *   --int8 PATH    also write int8 features, quantized with --scale/--zero-point, or with the
  *                  header's EA_INPUT_SCALE/EA_INPUT_ZERO_POINT when it has them
  *   --bench R      run the front end R more times and print its cost to stderr as
  *                  "us_per_audio_second=<float> frames=<int> repeats=<int>"
+ *   --model-out P  (built with -DEA_HOST_WITH_MODEL and gen_firmware.py's ea_model_data.c)
+ *                  write the compiled model array, exactly the bytes a board flashes, to P
  */
 #define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c99 */
 
@@ -20,6 +26,9 @@
 #include <time.h>
 
 #include "ea_frontend.h"
+#ifdef EA_HOST_WITH_MODEL
+#include "ea_model_data.h"
+#endif
 
 static void die(const char *msg)
 {
@@ -62,7 +71,7 @@ static FILE *open_out(const char *path)
     return f;
 }
 
-/* Runs the front end once; returns the frame count. features may be NULL (benchmark). */
+/* Runs the front end once over n samples; returns the frame count. */
 static int run_frontend(const float *wave, const int16_t *pcm, int n, int chunk, float *features)
 {
     static ea_frontend_t fe;
@@ -88,6 +97,20 @@ static int run_frontend(const float *wave, const int16_t *pcm, int n, int chunk,
     return frames;
 }
 
+/* Each window of `window` samples on its own (window <= 0: the whole buffer as one stream);
+ * returns the total frame count. */
+static int run_windows(const float *wave, const int16_t *pcm, int n, int chunk, int window,
+                       float *features)
+{
+    int start, frames = 0;
+    if (window <= 0)
+        return run_frontend(wave, pcm, n, chunk, features);
+    for (start = 0; start + window <= n; start += window)
+        frames += run_frontend(wave + start, pcm ? pcm + start : NULL, window, chunk,
+                               features + (long)frames * EA_N_BINS);
+    return frames;
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -97,8 +120,9 @@ static double now_s(void)
 
 int main(int argc, char **argv)
 {
-    const char *in_path = NULL, *out_path = NULL, *int8_path = NULL;
-    int is_int16 = 0, chunk = 0, repeats = 0, have_scale = 0, have_zp = 0, zero_point = 0;
+    const char *in_path = NULL, *out_path = NULL, *int8_path = NULL, *model_path = NULL;
+    int is_int16 = 0, chunk = 0, window = 0, repeats = 0, have_scale = 0, have_zp = 0;
+    int zero_point = 0;
     float scale = 0.0f;
     size_t size;
     unsigned char *raw;
@@ -115,6 +139,12 @@ int main(int argc, char **argv)
             chunk = atoi(argv[++i]);
             if (chunk <= 0)
                 die("--chunk needs a positive sample count");
+        } else if (strcmp(a, "--window") == 0 && has_value) {
+            window = atoi(argv[++i]);
+            if (window <= 0)
+                die("--window needs a positive sample count");
+        } else if (strcmp(a, "--model-out") == 0 && has_value) {
+            model_path = argv[++i];
         } else if (strcmp(a, "--int8") == 0 && has_value) {
             int8_path = argv[++i];
         } else if (strcmp(a, "--scale") == 0 && has_value) {
@@ -136,8 +166,19 @@ int main(int argc, char **argv)
         }
     }
     if (!in_path || !out_path)
-        die("usage: ea_frontend_host [--int16] [--chunk N] [--int8 PATH] "
-            "[--scale S --zero-point Z] [--bench R] INPUT OUTPUT");
+        die("usage: ea_frontend_host [--int16] [--chunk N] [--window N] [--int8 PATH] "
+            "[--scale S --zero-point Z] [--bench R] [--model-out PATH] INPUT OUTPUT");
+    if (model_path) {
+#ifdef EA_HOST_WITH_MODEL
+        FILE *out = open_out(model_path);
+        if (fwrite(ea_model_data, 1, ea_model_data_len, out) != ea_model_data_len)
+            die("write error on model output");
+        if (out != stdout)
+            fclose(out);
+#else
+        die("--model-out needs a build with -DEA_HOST_WITH_MODEL and ea_model_data.c");
+#endif
+    }
     if (have_scale != have_zp)
         die("give --scale and --zero-point together");
 #ifdef EA_HAS_INPUT_QUANT
@@ -163,10 +204,14 @@ int main(int argc, char **argv)
         memcpy(wave, raw, sizeof(float) * (size_t)n);
     }
 
-    features = malloc(sizeof(float) * (size_t)EA_N_BINS * (size_t)(ea_frontend_n_frames(n) + 1));
+    if (window > 0 && n % window != 0)
+        die("--window: the input is not a whole number of windows");
+    features = malloc(sizeof(float) * (size_t)EA_N_BINS *
+                      (size_t)(window > 0 ? (n / window) * ea_frontend_n_frames(window) + 1
+                                          : ea_frontend_n_frames(n) + 1));
     if (!features)
         die("out of memory");
-    n_frames = run_frontend(wave, pcm, n, chunk, features);
+    n_frames = run_windows(wave, pcm, n, chunk, window, features);
 
     {
         FILE *out = open_out(out_path);
@@ -197,7 +242,7 @@ int main(int argc, char **argv)
         volatile float sink = 0.0f; /* keeps the optimizer from dropping the work */
         double t0 = now_s(), elapsed;
         for (i = 0; i < repeats; i++) {
-            run_frontend(wave, pcm, n, chunk, features);
+            run_windows(wave, pcm, n, chunk, window, features);
             sink += features[0];
         }
         elapsed = now_s() - t0;

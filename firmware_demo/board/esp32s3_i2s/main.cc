@@ -26,7 +26,13 @@
 #define MIC_DIN 2
 #define SAMPLE_RATE EA_SAMPLE_RATE
 #define READ_SAMPLES 256
-#define ARENA_BYTES (64 * 1024)  // >= the smallest arena the host check found, plus headroom
+// The tensor arena: the smallest one TFLM allocated this model in on the host (gen_firmware.py
+// searched it; 32-bit boards need a little less), plus headroom. Set it by hand otherwise.
+#ifdef EA_ARENA_MIN_BYTES
+#define ARENA_BYTES (EA_ARENA_MIN_BYTES + 4 * 1024)
+#else
+#define ARENA_BYTES (128 * 1024)
+#endif
 
 static uint8_t arena[ARENA_BYTES] __attribute__((aligned(16)));
 static ea_frontend_t frontend;
@@ -52,11 +58,9 @@ static i2s_chan_handle_t open_microphone(void) {
 
 extern "C" void app_main(void) {
     const tflite::Model *model = tflite::GetModel(ea_model_data);
-    // The student's ops; extend if a model needs more (the host check lists them).
-    static tflite::MicroMutableOpResolver<10> ops;
-    ops.AddConv2D(); ops.AddDepthwiseConv2D(); ops.AddFullyConnected(); ops.AddMaxPool2D();
-    ops.AddMean(); ops.AddReshape(); ops.AddTranspose(); ops.AddAdd(); ops.AddMul();
-    ops.AddQuantize();
+    // Exactly the ops the graph uses (gen_firmware.py lists them from the model file).
+    static tflite::MicroMutableOpResolver<EA_N_MODEL_OPS> ops;
+    EA_ADD_MODEL_OPS(ops);
     static tflite::MicroInterpreter interpreter(model, ops, arena, ARENA_BYTES);
     if (interpreter.AllocateTensors() != kTfLiteOk) {
         printf("tensor arena too small (%d bytes)\n", ARENA_BYTES);
