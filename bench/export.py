@@ -37,7 +37,7 @@ SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
 
 from edgeaudio import Model  # noqa: E402
 from edgeaudio.audio import load_audio  # noqa: E402
-from edgeaudio.backends import BACKENDS_FOR_FORMAT, _native_stderr_silenced, \
+from edgeaudio.backends import BACKENDS_FOR_FORMAT, native_stderr_silenced, \
     backend_available  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def yamnet_row(path: Path, audio: Path, repeats: int) -> dict:
     if len(wave) < seconds * 16000:
         wave = np.tile(wave, int(np.ceil(seconds * 16000 / len(wave))))
     wave = np.ascontiguousarray(wave[:int(seconds * 16000)], np.float32)
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         interpreter = Interpreter(model_path=str(path), num_threads=1)
         index = interpreter.get_input_details()[0]["index"]
         interpreter.resize_tensor_input(index, [len(wave)])

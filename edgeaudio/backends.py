@@ -30,7 +30,7 @@ def available_backends() -> list:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def native_stderr_silenced():
     """The TFLite C++ runtime prints an INFO banner on fd 2 for every interpreter."""
     try:
         saved = os.dup(2)
@@ -96,7 +96,7 @@ class _TFLiteBackend(Backend):
         super().__init__(path, data, threads)
         self.info = info_from_tflite(path, data)  # validates the flatbuffer before the C++ side
         try:
-            with _native_stderr_silenced():
+            with native_stderr_silenced():
                 self.interpreter = self._interpreter_class()(model_content=data,
                                                              num_threads=threads)
                 self.interpreter.allocate_tensors()

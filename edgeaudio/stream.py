@@ -1,7 +1,8 @@
 """The streaming engine: chunks of audio in, events out, in bounded memory.
 
 A ring buffer holds the last model window; every ``hop_seconds`` of new audio the model scores
-that window. Scores are averaged over the last ``smooth`` hops. A class opens an event after
+that window. The hop is snapped to a whole number of front-end frames, so each hop computes only
+its new feature frames and reuses the rest (equal to recomputing the whole window). Scores are averaged over the last ``smooth`` hops. A class opens an event after
 ``patience`` consecutive hops at or above its threshold and closes it at the first hop below
 ``release_ratio * threshold`` (hysteresis, so a score hovering at the threshold does not
 flicker). A window whose RMS level is below ``gate_db`` (dB full scale) is not run through the
@@ -59,8 +60,11 @@ class Stream:
         d = model.info.stream
         self.model = model
         self.rate = model.sample_rate
-        self.hop_seconds = float(hop_seconds if hop_seconds is not None else d["hop_seconds"])
-        self.hop = max(1, int(round(self.hop_seconds * self.rate)))
+        wanted = float(hop_seconds if hop_seconds is not None else d["hop_seconds"])
+        frame_hop = model.info.frontend.hop_length
+        self.frames_per_hop = max(1, int(round(wanted * self.rate / frame_hop)))
+        self.hop = self.frames_per_hop * frame_hop
+        self.hop_seconds = self.hop / self.rate
         self.smooth = int(smooth if smooth is not None else d["smooth"])
         self.patience = int(patience if patience is not None else d["patience"])
         self.release_ratio = float(release_ratio if release_ratio is not None
@@ -74,6 +78,7 @@ class Stream:
         self.window_seconds = self.window / self.rate
         self.ring = np.zeros(self.window, np.float32)   # the stream before t=0 is silence
         self.write_pos = 0
+        self.features = model.frontend(self.ring)         # [n_frames, bins], kept up to date
         self.pending = 0            # samples received since the last inference
         self.samples = 0            # samples received in all
         self.recent = deque(maxlen=self.smooth)
@@ -130,12 +135,23 @@ class Stream:
         """The last ``window`` samples, oldest first."""
         return np.concatenate((self.ring[self.write_pos:], self.ring[:self.write_pos]))
 
+    def _update_features(self, window: np.ndarray) -> None:
+        """Compute the hop's new frames only; older frames moved by exactly that many."""
+        n_new = self.frames_per_hop
+        if n_new >= len(self.features):
+            self.features = self.model.frontend(window)
+            return
+        fe = self.model.info.frontend
+        fresh = self.model.frontend(window[-(fe.win_length + (n_new - 1) * fe.hop_length):])
+        self.features = np.concatenate((self.features[n_new:], fresh))
+
     def _infer(self) -> list:
         window = self.current_window()
+        self._update_features(window)
         if float(np.mean(np.square(window, dtype=np.float64))) < self.gate_power:
             raw = np.zeros(len(self.model.labels), np.float32)
         else:
-            raw = self.model.scores_for_window(window)
+            raw = self.model.scores_for_features(self.features)
         self.recent.append(raw)
         self.scores = np.mean(self.recent, axis=0)
         self.n_inferences += 1

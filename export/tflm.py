@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeaudio.backends import _native_stderr_silenced
+from edgeaudio.backends import native_stderr_silenced
 from edgeaudio.modelfile import METADATA_KEY
 
 from .writers import ExportError
@@ -55,7 +55,7 @@ def strip_metadata(tflite_bytes: bytes) -> bytes:
 
 def _interpreter(data: bytes, arena_size: int):
     runtime = _runtime()
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         return runtime.Interpreter.from_bytes(data, arena_size=int(arena_size))
 
 
@@ -147,7 +147,7 @@ class LiteRTReference:
     def __init__(self, tflite_bytes: bytes):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             self.interpreter = Interpreter(
                 model_content=strip_metadata(tflite_bytes), num_threads=1,
                 experimental_op_resolver_type=OpResolverType.BUILTIN_REF)

@@ -214,9 +214,9 @@ def tflite_io_details(tflite_bytes: bytes) -> tuple:
     """({dtype, scale, zero_point, shape} of the input, the same of the output)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgeaudio.backends import _native_stderr_silenced
+    from edgeaudio.backends import native_stderr_silenced
 
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         interpreter = Interpreter(model_content=bytes(tflite_bytes))
 
     def describe(d):

@@ -112,3 +112,19 @@ def test_bad_settings(model):
         model.stream(threshold={"unicorn": 0.5})
     with pytest.raises(ValueError, match="at least 1"):
         model.stream(patience=0)
+
+
+def test_cached_feature_frames_equal_a_full_recompute(model, esc50):
+    stream = model.stream(hop_seconds=0.3)
+    assert stream.hop_seconds == pytest.approx(0.3) and stream.hop % 160 == 0
+    x = scene(esc50)
+    hop = stream.hop
+    for i in range(0, len(x) - hop, hop):  # chunk = hop: the features are current after each
+        stream.push(x[i:i + hop])
+        np.testing.assert_array_equal(stream.features, model.frontend(stream.current_window()))
+    assert stream.n_inferences == (len(x) - hop) // hop + (1 if (len(x) - hop) % hop else 0)
+
+
+def test_hop_snaps_to_whole_frames(model):
+    assert model.stream(hop_seconds=0.2549).hop_seconds == pytest.approx(0.25)
+    assert model.stream(hop_seconds=0.001).hop == 160  # at least one frame
