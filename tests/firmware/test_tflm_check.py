@@ -1,0 +1,176 @@
+"""The firmware path against the Python runtime on real clips: a tiny student, trained briefly
+on real ESC-50 clips and exported int8 (as ``edgeaudio export --int8`` writes it), goes through
+gen_firmware.py; the C front end built from the generated header (float FFT, 16-bit PCM pushed
+one hop at a time, as the board sketch does) feeds int8 features to TensorFlow Lite Micro
+running the compiled model array in the smallest arena; the top-1 must equal the runtime's
+(``edgeaudio.Model`` through LiteRT) on every held-out clip.
+
+Training: 5 short epochs on 80 one-second crops (~7 s; the export round trip explains why not
+1: the BatchNorm statistics must move, or the model names one class for every clip and agreement
+proves nothing; ``test_the_model_tells_classes_apart`` guards that). The model file scores a
+window every 0.5 s (its stream hop), so the 15 held-out clips make 135 windows. One model and
+one check are shared by the module (~25 s in all).
+
+Where the two paths can part: TFLM runs the reference kernels (checked bit-exact with LiteRT's
+``BUILTIN_REF`` here), the runtime LiteRT's optimized ones (XNNPACK), whose requantization
+rounds differently layer after layer (a few int8 output steps on this student). A clip whose
+runtime scores are a near-tie between two labels could flip; the failure message gives the
+runtime's margin, and the reference-kernel figures say whether the front end is to blame.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.conftest import REPO, esc50_rows  # noqa: E402
+
+FIRMWARE = REPO / "firmware_demo"
+LABELS = ["dog", "rooster", "rain", "crying_baby", "clock_tick"]  # ESC-10 classes (CC BY)
+TRAIN_PER_CLASS, TEST_PER_CLASS = 16, 3
+
+if shutil.which("gcc") is None:
+    pytest.skip("gcc not found: the check builds the C front end on the host",
+                allow_module_level=True)
+for module, why in (("tflite_micro", "the check runs TensorFlow Lite Micro (tflite-micro)"),
+                    ("ai_edge_litert", "the runtime side runs LiteRT (ai-edge-litert)"),
+                    ("torch", "training and exporting the student needs torch"),
+                    ("litert_torch", "the int8 export needs litert-torch")):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} not installed: {why}", allow_module_level=True)
+
+sys.path.insert(0, str(FIRMWARE))
+import tflm_check  # noqa: E402
+
+
+def make_csv(root, esc50):
+    """path,label,fold over real clips: folds 1-4 for training, fold 5 held out."""
+    rows = sorted(esc50_rows(), key=lambda r: r["filename"])
+    out = []
+    for label in LABELS:
+        mine = [r for r in rows if r["category"] == label]
+        out += [r for r in mine if r["fold"] != "5"][:TRAIN_PER_CLASS]
+        out += [r for r in mine if r["fold"] == "5"][:TEST_PER_CLASS]
+    path = root / "clips.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold"])
+        for r in out:
+            w.writerow([esc50 / "audio" / (r["filename"][:-4] + ".flac"), r["category"],
+                        r["fold"]])
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, esc50):
+    """A tiny student, trained briefly and written as int8 TFLite the way export does."""
+    import torch
+
+    from edgeaudio.export import quantize
+    from edgeaudio.export.cli import model_info
+    from edgeaudio.train.cache import EmbeddingCache
+    from edgeaudio.train.checkpoint import load_student, resolve_checkpoint
+    from edgeaudio.train.loop import TrainConfig, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tflm_check")
+    data = make_csv(root, esc50)
+    cfg = TrainConfig(data=str(data), fold=5, student="tiny", epochs=5, batch_size=4, lr=3e-3,
+                      warmup_epochs=0, crop_seconds=1.0, mixup=0.0, specaugment=False, seed=0)
+    run = root / "run"
+    train(cfg, run, progress=False, cache=EmbeddingCache(root / "cache"))
+    student, ckpt = load_student(run)
+    info = model_info(student, ckpt, "tflm-check-tiny", resolve_checkpoint(run))
+    info.stream["hop_seconds"] = 0.5  # a window every 0.5 s: half the windows of the default
+    clips = list(csv.DictReader(open(data)))
+    train_clips = [quantize.Clip(Path(r["path"])) for r in clips if r["fold"] != "5"]
+    calibration = quantize.calibration_windows(train_clips, info, n=60)
+    path = quantize.quantize_tflite(student.network.eval(), info, calibration,
+                                    root / "model.int8.tflite")
+    return {"path": path, "test_clips": [r["path"] for r in clips if r["fold"] == "5"],
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def report(exported):
+    return tflm_check.check(exported["path"], exported["test_clips"],
+                            exported["root"] / "build")
+
+
+def test_export_writes_int8_input_and_the_header_carries_its_quantization(exported, report):
+    """What `edgeaudio export --int8` writes takes int8 features: the C front end's output."""
+    from edgeaudio import Model
+
+    backend = Model(exported["path"], backend="litert").backend
+    assert backend.inp["dtype"] == np.int8 and backend.out["dtype"] == np.int8
+    scale, zero_point = backend.inp["quantization"]
+    assert report["input"] == "int8"
+    assert report["input_scale"] == pytest.approx(scale)
+    assert report["input_zero_point"] == zero_point
+    header = (exported["root"] / "build" / "ea_model_data.h").read_text()
+    assert "#define EA_INPUT_INT8 1" in header
+    config = (exported["root"] / "build" / "ea_frontend_config.h").read_text()
+    assert "EA_INPUT_SCALE" in config and f"EA_INPUT_ZERO_POINT {zero_point}" in config
+
+
+def test_the_model_tells_classes_apart(report):
+    predicted = {row["runtime"] for row in report["rows"]}
+    assert len(predicted) >= 3, "agreement on a constant classifier would prove nothing"
+
+
+def test_c_frontend_and_tflm_give_the_runtimes_top1_on_every_clip(report):
+    print("\n" + tflm_check.summary(report))
+    assert report["clips"] == len(LABELS) * TEST_PER_CLASS
+    assert all(row["pcm16"] for row in report["rows"])  # ESC-50 is 16-bit: the board's path
+    assert report["passed"], [r for r in report["rows"] if not r["same_top1"]]
+    # the inputs themselves: the C front end's int8 features are the runtime's, or one step off
+    assert report["int8_features_max_step_diff"] <= 1
+    assert report["int8_features_equal_to_runtime"] >= 0.999
+    assert report["windows_same_top1"] >= 0.85
+
+
+def test_tflm_runs_the_c_inputs_as_litert_reference_kernels_do(report):
+    """The firmware graph and kernels are the reference ones: a different top-1 could only
+    come from the runtime's optimized kernels, not from the front end or the array. (TFLM's
+    fully-connected kernel rounds its requantization differently now and then: one step.)"""
+    assert report["tflm_bit_exact_with_litert_reference_kernels"] >= 0.95
+    assert report["tflm_max_diff_vs_litert_reference_steps"] <= 1
+
+
+def test_tflm_ran_in_the_smallest_arena_from_the_flashed_bytes(exported, report):
+    assert report["arena_is_smallest"]
+    header = (exported["root"] / "build" / "ea_model_data.h").read_text()
+    assert f"#define EA_ARENA_MIN_BYTES {report['arena_bytes']}" in header
+    # the array is the graph alone: the metadata (a stored 384-row filterbank) stays behind
+    assert report["flash_model_bytes"] < report["file_bytes"]
+    # tiny is a microcontroller-class student: its int8 graph is around 100 KB
+    assert report["flash_model_bytes"] < 128 * 1024
+
+
+def test_the_script_runs_end_to_end(exported, tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(FIRMWARE / "tflm_check.py"),
+                           str(exported["path"]), *exported["test_clips"][:2], "--json",
+                           str(out), "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PASS" in proc.stdout and "smallest TFLM arena" in proc.stdout
+    saved = json.loads(out.read_text())
+    assert saved["clips"] == 2 and saved["passed"]
+
+
+def test_script_says_what_is_missing(tmp_path):
+    proc = subprocess.run([sys.executable, str(FIRMWARE / "tflm_check.py"),
+                           str(REPO / "tests/data/esc10-placeholder.onnx"),
+                           str(REPO / "examples/dog.flac")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "needs a .tflite" in (proc.stderr + proc.stdout)
