@@ -295,10 +295,11 @@ def check(model_path, clips, build_dir=None, fft_double: bool = False,
         if out_step:  # how far the runtime's kernels drift from TFLM's, in output steps
             runtime_max_steps = max(runtime_max_steps, float(
                 np.abs(np.stack(raw) - runtime_raw).max() / out_step))
-        if ref_kernels is not None:
+        if ref_kernels is not None:  # int8 outputs: in steps; float outputs: in value
             for x, t in zip(c_inputs, tensors):
-                d = int(np.abs(ref_kernels.run_raw(x).astype(np.int64) - t.astype(np.int64))
-                        .max()) if out_step else 0
+                r = ref_kernels.run_raw(x)
+                d = (int(np.abs(r.astype(np.int64) - t.astype(np.int64)).max()) if out_step
+                     else float(np.abs(r.astype(np.float64) - t.astype(np.float64)).max()))
                 ref_equal += d == 0
                 ref_total += 1
                 ref_max = max(ref_max, d)
@@ -350,7 +351,10 @@ def check(model_path, clips, build_dir=None, fft_double: bool = False,
         "max_output_diff_steps_vs_runtime": round(runtime_max_steps, 3) if out_step else None,
         "tflm_bit_exact_with_litert_reference_kernels":
             ref_equal / ref_total if ref_total else None,
-        "tflm_max_diff_vs_litert_reference_steps": ref_max if ref_total else None,
+        "tflm_max_diff_vs_litert_reference_steps":
+            ref_max if ref_total and out_step else None,
+        "tflm_max_abs_diff_vs_litert_reference":
+            ref_max if ref_total and not out_step else None,
         "tflm_ms_per_inference_host": 1000 * tflm_s / max(1, tflm_runs),
         "rows": rows,
     }
@@ -399,14 +403,18 @@ def summary(report: dict) -> str:
         + f"max score diff {report['max_score_diff']:.4f}; TFLM "
         f"{report['tflm_ms_per_inference_host']:.1f} ms per inference on this host",
     ]
+    raw = []
     if report["max_output_diff_steps_vs_runtime"] is not None:
-        lines.append(f"raw outputs: TFLM vs the runtime's LiteRT kernels up to "
-                     f"{report['max_output_diff_steps_vs_runtime']:g} int8 steps")
+        raw.append(f"TFLM vs the runtime's LiteRT kernels up to "
+                   f"{report['max_output_diff_steps_vs_runtime']:g} int8 steps")
     if report["tflm_bit_exact_with_litert_reference_kernels"] is not None:
-        lines[-1] += (f"; vs LiteRT's reference kernels on the same inputs: "
-                      f"{100 * report['tflm_bit_exact_with_litert_reference_kernels']:.1f} % "
-                      f"bit-exact, max {report['tflm_max_diff_vs_litert_reference_steps']} "
-                      f"step")
+        steps = report["tflm_max_diff_vs_litert_reference_steps"]
+        raw.append(f"TFLM vs LiteRT's reference kernels on the same inputs: "
+                   f"{100 * report['tflm_bit_exact_with_litert_reference_kernels']:.1f} % "
+                   f"bit-exact, max diff " + (f"{steps} step" if steps is not None else
+                                              f"{report['tflm_max_abs_diff_vs_litert_reference']:.2g}"))
+    if raw:
+        lines.append("raw outputs: " + "; ".join(raw))
     lines += [
         "PASS" if report["passed"] else "FAIL: different top-1 on " + ", ".join(
             f"{r['clip']} (runtime {r['runtime']}, firmware {r['firmware']}; the runtime's "
