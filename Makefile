@@ -4,6 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The pinned CPU build; any other torch requirement pulls a multi-GB CUDA build.
 TORCH_VERSION ?= 2.13.0
+# tflite-runtime 2.14, the fallback interpreter of older devices, needs numpy < 2: it gets a
+# small venv of its own with the runtime alone, so the backend suite runs under it too.
+# (Defined before the rules: make expands prerequisites as it reads them.)
+TFLITE_VENV := .venv-tflite-runtime
 APT_PACKAGES := pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins libsndfile1 gcc
 
 .PHONY: setup demo test system-deps placeholder-model examples bench clean
@@ -33,9 +37,6 @@ test: setup $(TFLITE_VENV)/.setup-done
 	    $(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime/test_backends.py; \
 	fi
 
-# tflite-runtime 2.14, the fallback interpreter of older devices, needs numpy < 2: it gets a
-# small venv of its own with the runtime alone, so the backend suite runs under it too.
-TFLITE_VENV := .venv-tflite-runtime
 $(TFLITE_VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(TFLITE_VENV)
 	@$(TFLITE_VENV)/bin/python -m pip install -q 'numpy<2' 'tflite-runtime==2.14.0' pytest \
