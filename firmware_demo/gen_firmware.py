@@ -105,13 +105,13 @@ def _tflm_runtime():
 
 def tflm_fits(model_bytes: bytes, arena_size: int) -> bool:
     """Whether TFLM (the ``tflite-micro`` package) allocates every tensor in ``arena_size``."""
-    from edgeaudio.backends import _native_stderr_silenced
+    from edgeaudio.backends import native_stderr_silenced
 
     runtime = _tflm_runtime()
     if runtime is None:
         raise RuntimeError("TensorFlow Lite Micro is not installed (pip install tflite-micro)")
     try:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             runtime.Interpreter.from_bytes(model_bytes, arena_size=int(arena_size))
         return True
     except RuntimeError:
