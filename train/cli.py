@@ -80,6 +80,11 @@ def _default_out(cfg, folds) -> Path:
 @click.option("--kd-teacher", "kd_teachers", multiple=True,
               help="Teacher(s) of the probe for --kd (default: efficientat).")
 @click.option("--kd-temperature", type=float, default=2.0, show_default=True)
+@click.option("--kd-mixtures", type=click.IntRange(0), default=0, show_default=True,
+              help="Teacher-labelled mixtures planned per training clip (run through the "
+                   "teachers once, cached); they replace batch mixup. 0: off.")
+@click.option("--mixture-prob", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="With --kd-mixtures: chance that a clip is drawn as one of its mixtures.")
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
@@ -105,7 +110,7 @@ def _default_out(cfg, folds) -> Path:
 @click.option("--list-teachers", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_teachers, help="List the teachers and exit.")
 def train_command(data, recipe, fold, folds, student, teachers, reg, alpha, method, kd,
-                  kd_teachers, kd_temperature, epochs, batch_size, lr, seed, crop_seconds,
+                  kd_teachers, kd_temperature, kd_mixtures, mixture_prob, epochs, batch_size, lr, seed, crop_seconds,
                   mixup, no_specaugment, train_fraction, skip_unreadable, out, resume, threads,
                   stop_after, quiet):
     """Train a student (teachers shape it at training time only)."""
@@ -132,6 +137,7 @@ def train_command(data, recipe, fold, folds, student, teachers, reg, alpha, meth
     cfg = TrainConfig(data=str(data), recipe=recipe, fold=fold, student=student,
                       teachers=list(teachers), reg=reg, alpha=alpha, method=method, kd=kd,
                       kd_teachers=list(kd_teachers), kd_temperature=kd_temperature,
+                      kd_mixtures=kd_mixtures, mixture_prob=mixture_prob,
                       epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       crop_seconds=crop_seconds, mixup=mixup,
                       specaugment=not no_specaugment, train_fraction=train_fraction,

@@ -59,6 +59,13 @@ class TrainConfig:
     kd: float = 0.0                                    # weight of probe distillation
     kd_teachers: list = field(default_factory=list)   # default: efficientat
     kd_temperature: float = 2.0
+    # teacher-labelled mixtures: per training clip, this many mixtures with other clips are
+    # planned (seeded) before training and run through the teachers once (cached); a batch
+    # then draws each clip's mixture with ``mixture_prob`` and the KD / Con-Reg targets are
+    # the teachers' own outputs on that mixture (not a blend of the clean targets).
+    # 0 = off: mixup blends clean clips and their targets.
+    kd_mixtures: int = 0
+    mixture_prob: float = 0.8
     epochs: int = 60
     batch_size: int = 32
     lr: float = 2e-3
@@ -94,6 +101,8 @@ class TrainConfig:
             raise TrainError("--epochs must be >= 1 and the batch size >= 2")
         if not 0.0 <= self.kd <= 1.0:
             raise TrainError(f"--kd is a weight in [0, 1], got {self.kd}")
+        if self.kd_mixtures < 0 or not 0.0 <= self.mixture_prob <= 1.0:
+            raise TrainError("--kd-mixtures must be >= 0 and --mixture-prob in [0, 1]")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -162,6 +171,35 @@ def spec_augment(feats: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig
     return torch.where(full, fill, feats)
 
 
+def mixture_batch(prep, cfg: TrainConfig, idx: np.ndarray, rng: np.random.Generator,
+                  kd_frames) -> dict:
+    """Per clip of the batch: with ``mixture_prob`` one of its planned mixtures (waveform,
+    the teachers' frames on it, mixing weight, partner), else the clean clip."""
+    use = rng.random(len(idx)) < cfg.mixture_prob
+    choice = rng.integers(0, cfg.kd_mixtures, size=len(idx))
+    out = {"waves": [], "reg_frames": [] if prep.teacher_frames is not None else None,
+           "kd_frames": [] if kd_frames is not None else None,
+           "lam": np.ones(len(idx), np.float32), "partner": np.array(idx)}
+    for r, i in enumerate(idx):
+        i = int(i)
+        if use[r]:
+            m = int(choice[r])
+            j, lam, offset = prep.mix_plan[i][m]
+            out["waves"].append(mixture_wave(prep.waves, i, j, lam, offset))
+            out["lam"][r], out["partner"][r] = lam, j
+            if out["reg_frames"] is not None:
+                out["reg_frames"].append(prep.mix_reg_frames[(i, m)])
+            if out["kd_frames"] is not None:
+                out["kd_frames"].append(prep.mix_kd_frames[(i, m)])
+        else:
+            out["waves"].append(prep.waves[i])
+            if out["reg_frames"] is not None:
+                out["reg_frames"].append(prep.teacher_frames[i])
+            if out["kd_frames"] is not None:
+                out["kd_frames"].append(kd_frames[i])
+    return out
+
+
 def teacher_targets(frames: list[np.ndarray], crops, n_out: int) -> np.ndarray:
     """Teacher frames covering each crop, aligned to ``n_out`` student embedding frames."""
     out = np.empty((len(crops.clip_index), n_out, frames[0].shape[1]), dtype=np.float32)
@@ -198,6 +236,9 @@ class Prepared:
     probes: object | None
     kd_info: dict | None
     cache_stats: dict
+    mix_plan: dict | None = None         # item -> [(partner, lam, offset), ...]
+    mix_reg_frames: dict | None = None   # (item, m) -> teacher frames of that mixture
+    mix_kd_frames: dict | None = None
 
 
 def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | None = None,
@@ -252,8 +293,88 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
         log_line(out_dir, f"probe on {'+'.join(kd_desc['teachers'])}: C={probes.c:g}, "
                           f"out-of-fold train acc {probes.oof_accuracy:.3f}, held-out acc "
                           f"{test_acc:.3f}")
-    return Prepared(dataset, waves, train_idx, test_idx, crop_samples, teacher_frames,
+    prep = Prepared(dataset, waves, train_idx, test_idx, crop_samples, teacher_frames,
                     teacher_info, probes, kd_info, stats.as_dict())
+    if cfg.kd_mixtures > 0:
+        prepare_mixtures(prep, cfg, clips, rate, cache, stats, get_teacher, progress)
+        prep.cache_stats = stats.as_dict()
+    return prep
+
+
+def mixture_wave(waves: list, i: int, j: int, lam: float, offset: int) -> np.ndarray:
+    """``lam * clip_i + (1 - lam) * clip_j`` at clip i's length; a longer partner is cut at
+    ``offset``, a shorter one starts at ``offset`` (zero-padded)."""
+    base, partner = waves[i], waves[j]
+    other = np.zeros_like(base)
+    if len(partner) >= len(base):
+        other[:] = partner[offset:offset + len(base)]
+    else:
+        other[offset:offset + len(partner)] = partner
+    return (lam * base + (1.0 - lam) * other).astype(np.float32)
+
+
+def plan_mixtures(cfg: TrainConfig, dataset: Dataset, waves: list, train_idx: np.ndarray
+                  ) -> dict:
+    """Seeded plan: for every training item, ``kd_mixtures`` (partner, lam, offset) with
+    partners of another class where there is one, ``lam = max(b, 1 - b)``, b ~ Beta(a, a)."""
+    rng = np.random.default_rng([cfg.seed, 2718])
+    targets = dataset.targets
+    a = cfg.mixup if cfg.mixup > 0 else 0.3
+    plan = {}
+    for i in train_idx:
+        entries = []
+        others = train_idx[targets[train_idx] != targets[i]]
+        pool = others if len(others) else train_idx
+        for _ in range(cfg.kd_mixtures):
+            j = int(pool[rng.integers(len(pool))])
+            b = float(rng.beta(a, a))
+            lam = max(b, 1.0 - b)
+            spare = abs(len(waves[j]) - len(waves[i]))
+            offset = int(rng.integers(0, spare + 1)) if spare else 0
+            entries.append((j, round(lam, 6), offset))
+        plan[int(i)] = entries
+    return plan
+
+
+def prepare_mixtures(prep: Prepared, cfg: TrainConfig, clips: list, rate: int,
+                     cache: EmbeddingCache, stats: CacheStats, get_teacher, progress: bool,
+                     chunk: int = 256) -> None:
+    from functools import lru_cache
+    if get_teacher is None:
+        from .teachers.base import get_teacher
+    getter = lru_cache(maxsize=None)(get_teacher)
+    prep.mix_plan = plan_mixtures(cfg, prep.dataset, prep.waves, prep.train_idx)
+    keys = [(i, m) for i, entries in prep.mix_plan.items() for m in range(len(entries))]
+    wanted = []
+    if prep.teacher_frames is not None:
+        wanted.append(("reg", cfg.teachers))
+    if prep.probes is not None:
+        wanted.append(("kd", cfg.kd_teachers or ["efficientat"]))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(keys) * len(wanted), desc="teachers on planned mixtures",
+                   unit="mix", file=sys.stderr)
+    for role, names in wanted:
+        frames = {}
+        for s in range(0, len(keys), chunk):
+            part = keys[s:s + chunk]
+            mix_waves, mix_clips = [], []
+            for i, m in part:
+                j, lam, offset = prep.mix_plan[i][m]
+                mix_waves.append(mixture_wave(prep.waves, i, j, lam, offset))
+                mix_clips.append(f"mix:{clips[i]}|{clips[j]}|{lam:.6f}|{offset}")
+            out, _ = teacher_features(names, mix_clips, mix_waves, rate, cache,
+                                      get_teacher=getter, stats=stats)
+            frames.update(zip(part, out))
+            if bar is not None:
+                bar.update(len(part))
+        if role == "reg":
+            prep.mix_reg_frames = frames
+        else:
+            prep.mix_kd_frames = frames
+    if bar is not None:
+        bar.close()
 
 
 # ---------------------------------------------------------------------------- model
@@ -526,30 +647,47 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                 group["lr"] = cfg.lr * lr_factor(global_step, steps_per_epoch, cfg.epochs,
                                                  cfg.warmup_epochs)
             idx = order[step * batch_size:(step + 1) * batch_size]
-            crops = make_crops(waves, idx, prep.crop_samples, rate, rng, gain_db=cfg.gain_db)
-            y_a = torch.from_numpy(dataset.targets[idx])
-            lam, perm = 1.0, np.arange(len(idx))
+            if prep.mix_plan is not None:
+                batch = mixture_batch(prep, cfg, idx, rng, kd_frames)
+                crops = make_crops(batch["waves"], np.arange(len(idx)), prep.crop_samples,
+                                   rate, rng, gain_db=cfg.gain_db)
+                reg_frames, kd_batch_frames = batch["reg_frames"], batch["kd_frames"]
+                lam_vec = torch.from_numpy(batch["lam"])
+                y_a = torch.from_numpy(dataset.targets[idx])
+                y_b = torch.from_numpy(dataset.targets[batch["partner"]])
+                lam, perm = 1.0, np.arange(len(idx))
+            else:
+                crops = make_crops(waves, idx, prep.crop_samples, rate, rng,
+                                   gain_db=cfg.gain_db)
+                reg_frames, kd_batch_frames, lam_vec = prep.teacher_frames, kd_frames, None
+                y_a = torch.from_numpy(dataset.targets[idx])
+                lam, perm = 1.0, np.arange(len(idx))
             x = crops.waves
-            if cfg.mixup > 0:
+            if cfg.mixup > 0 and prep.mix_plan is None:
                 lam = float(rng.beta(cfg.mixup, cfg.mixup))
                 lam = max(lam, 1.0 - lam)  # the first clip dominates: its label "counts"
                 perm = rng.permutation(len(idx))
                 x = lam * x + (1.0 - lam) * x[perm]
-            y_b = y_a[torch.from_numpy(perm)]
+            if lam_vec is None:
+                y_b = y_a[torch.from_numpy(perm)]
             feats = training_features(student,
                                       torch.from_numpy(np.ascontiguousarray(x, np.float32)))
             if cfg.specaugment:
                 feats = spec_augment(feats, rng, cfg, n_harm)
             n_out = feats.shape[1] // network.time_stride
             v = None
-            if prep.teacher_frames is not None:
-                tv = teacher_targets(prep.teacher_frames, crops, n_out)
+            if reg_frames is not None:
+                tv = teacher_targets(reg_frames, crops, n_out)
                 v = torch.from_numpy(lam * tv + (1.0 - lam) * tv[perm])
             logits, l = modules.logits(feats, v)
-            ce = mixup_cross_entropy(logits, y_a, y_b, lam)
+            if lam_vec is None:
+                ce = mixup_cross_entropy(logits, y_a, y_b, lam)
+            else:
+                ce = (lam_vec * F.cross_entropy(logits, y_a, reduction="none")
+                      + (1.0 - lam_vec) * F.cross_entropy(logits, y_b, reduction="none")).mean()
             loss_kd = logits.sum() * 0.0
             if prep.probes is not None:
-                pooled = pooled_crops(kd_frames, crops)
+                pooled = pooled_crops(kd_batch_frames, crops)
                 probs = np.stack([prep.probes.probe_for(i).probabilities(
                     pooled[r:r + 1], cfg.kd_temperature)[0] for r, i in enumerate(idx)])
                 probs = lam * probs + (1.0 - lam) * probs[perm]
@@ -567,7 +705,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
             sums["ce"] += ce.item()
             sums["kd"] += loss_kd.item()
             sums["reg"] += loss_reg.item()
-            dominant = y_a if lam >= 0.5 else y_b
+            dominant = y_a  # lam >= 0.5 always: the first clip's label dominates
             correct += int((logits.argmax(1) == dominant).sum())
             seen += len(idx)
             if bar is not None:

@@ -64,9 +64,11 @@ def run(cfg, out, tmp_path, fakes, **kw):
                  get_teacher=fakes, **kw)
 
 
-def test_resume_after_a_kill_reaches_the_uninterrupted_result(toy_csv, tmp_path, fakes):
+@pytest.mark.parametrize("mixtures", [0, 2])
+def test_resume_after_a_kill_reaches_the_uninterrupted_result(toy_csv, tmp_path, fakes,
+                                                              mixtures):
     cfg = toy_config(toy_csv, teachers=["yamnet", "efficientat"], reg="con", kd=0.5,
-                     kd_teachers=["efficientat"])
+                     kd_teachers=["efficientat"], kd_mixtures=mixtures)
     full = run(cfg, tmp_path / "full", tmp_path, fakes)
     stopped = run(cfg, tmp_path / "killed", tmp_path, fakes, stop_after_epoch=1)
     assert stopped == {"stopped_after_epoch": 1}
@@ -201,3 +203,26 @@ def test_evaluate_on_other_data_rejects_labels_the_model_does_not_know(toy_csv, 
                   f"{toy_csv.parent / 'noise1.wav'},noise\n")
     report = evaluate_run(tmp_path / "r", data=str(ok), progress=False, out=tmp_path / "ev")
     assert report["n_clips"] == 2 and (tmp_path / "ev" / "evaluation.json").exists()
+
+
+def test_planned_mixtures_are_seeded_and_labelled_by_the_teacher_itself(toy_csv, tmp_path,
+                                                                        fakes):
+    from edgeaudio.train.loop import mixture_wave, prepare
+    cfg = toy_config(toy_csv, kd=1.0, kd_teachers=["efficientat"], kd_mixtures=3)
+    cache = EmbeddingCache(tmp_path / "cache")
+    prep = prepare(cfg, progress=False, cache=cache, get_teacher=fakes)
+    again = prepare(cfg, progress=False, cache=cache, get_teacher=fakes)
+    assert prep.mix_plan == again.mix_plan and set(prep.mix_plan) == set(prep.train_idx.tolist())
+    assert again.cache_stats["hit"] >= 36 and again.cache_stats["miss"] == 0
+    targets = prep.dataset.targets
+    i, entries = next(iter(prep.mix_plan.items()))
+    assert len(entries) == 3
+    for m, (j, lam, offset) in enumerate(entries):
+        assert targets[j] != targets[i] and 0.5 <= lam <= 1.0
+        wave = mixture_wave(prep.waves, i, j, lam, offset)
+        assert np.allclose(wave, lam * prep.waves[i] + (1 - lam) * prep.waves[j], atol=1e-6)
+        # the KD target of a mixture is the teacher's output on that very mixture
+        assert np.allclose(prep.mix_kd_frames[(i, m)], fakes("efficientat").embed([wave])[0],
+                           atol=1e-5)
+    metrics = run(cfg, tmp_path / "mix", tmp_path, fakes)
+    assert metrics["history"][-1]["kd"] > 0
