@@ -40,6 +40,8 @@ ROWS = {
     "kd": ("+ KD from an EfficientAT linear probe (probe-then-distill)", {"kd": 0.7}),
     "kd+con": ("+ KD(probe) + Con-Reg(YAMNet+EfficientAT)",
                {"kd": 0.7, "teachers": YE, "reg": "con"}),
+    "kd-mix": ("+ KD(probe) on teacher-labelled mixtures (4 per clip)",
+               {"kd": 0.7, "kd_mixtures": 4}),
 }
 BASE = {"recipe": "esc50", "student": "small", "epochs": 40, "seed": 0}
 
@@ -64,6 +66,8 @@ def cli_command(row: str, fold: int, fraction: float) -> str:
         parts.append(f"--reg {cfg['reg']}")
     if cfg.get("kd"):
         parts.append(f"--kd {cfg['kd']}")
+    if cfg.get("kd_mixtures"):
+        parts.append(f"--kd-mixtures {cfg['kd_mixtures']}")
     if fraction < 1.0:
         parts.append(f"--train-fraction {fraction}")
     parts.append(f"--out {run_dir(row, fold, fraction).relative_to(REPO)}")
