@@ -19,8 +19,13 @@ so the firmware and the Python runtime cannot disagree about the features.
 The array is the graph only (``firmware_model_bytes``): the ``edgeaudio`` metadata buffer (the
 labels and front end, already turned into C above; for a harmonic student it holds the stored
 filterbank matrix) is dropped, and so are the strings TFLM never reads (tensor names, signature
-definitions, the model description; ``--keep-names`` keeps them). Neither changes a single
-output: TFLM runs the stripped graph bit for bit as the original.
+definitions, the model description; ``--keep-names`` keeps them). Per-channel zero points that
+are all 0 (every int8 weight and int32 bias tensor: weights are quantized symmetrically) shrink
+to one value, a space saving TFLM's allocator supports (``micro_allocator.cc``: "zero point
+arrays for weights can be reduced to a single value"); they are int64 in the flatbuffer, about a
+fifth of a student's graph (``--keep-zero-points`` keeps them; full TFLite / LiteRT refuses the
+shrunk form, so the array is for TFLM only). None of this changes a single output: TFLM runs the
+array bit for bit as the original file.
 
 Needs the runtime (``edgeaudio``) and ``ai-edge-litert``; no torch.
 """
@@ -46,11 +51,30 @@ ARENA_STEP = 256          # the arena search's resolution (bytes)
 ARENA_HIGH = 64 * 1024    # first guess; doubled until the model fits
 
 
-def firmware_model_bytes(tflite_bytes: bytes, keep_names: bool = False) -> bytes:
+def shrink_zero_points(model) -> int:
+    """Per-channel zero-point vectors that are all 0 become a single 0 (TFLM reads element 0
+    for every channel when the vector is shorter than the scales); returns how many values went."""
+    dropped = 0
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            q = tensor.quantization
+            if q is None or q.zeroPoint is None or q.scale is None:
+                continue
+            zp = np.asarray(q.zeroPoint)
+            if len(zp) > 1 and len(zp) == len(q.scale) and not zp.any():
+                q.zeroPoint = zp[:1].copy()
+                dropped += len(zp) - 1
+    return dropped
+
+
+def firmware_model_bytes(tflite_bytes: bytes, keep_names: bool = False,
+                         keep_zero_points: bool = False) -> bytes:
     """The flatbuffer a board needs: without the ``edgeaudio`` metadata entry and its buffer
-    (emptied, not removed: buffers are referenced by index), and unless ``keep_names``
-    without tensor names, signature definitions and the description (``strip_strings``).
-    The same as ``edgeaudio.export.tflm.strip_metadata`` (plus the strings), without torch."""
+    (emptied, not removed: buffers are referenced by index); unless ``keep_names`` without
+    tensor names, signature definitions and the description (``strip_strings``); unless
+    ``keep_zero_points`` with all-zero per-channel zero points shrunk to one value (for TFLM
+    only: LiteRT refuses that form). With both kept, the same bytes as
+    ``edgeaudio.export.tflm.strip_metadata``, without torch."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
@@ -58,7 +82,8 @@ def firmware_model_bytes(tflite_bytes: bytes, keep_names: bool = False) -> bytes
     for meta in model.metadata or []:
         name = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
         (drop.add(meta.buffer) if name == METADATA_KEY else keep.append(meta))
-    if not drop and keep_names:
+    shrunk = 0 if keep_zero_points else shrink_zero_points(model)
+    if not drop and keep_names and not shrunk:
         return bytes(tflite_bytes)
     for index in drop:
         model.buffers[index].data = None
@@ -209,7 +234,8 @@ const char *const ea_labels[EA_N_LABELS] = {{{labels}}};
     return header, source
 
 
-def generate(model_path, out_dir, keep_names: bool = False, arena: bool | None = None) -> dict:
+def generate(model_path, out_dir, keep_names: bool = False, arena: bool | None = None,
+             keep_zero_points: bool = False) -> dict:
     """Write the three generated files; returns what was written, the flash bytes of the graph
     and the input description. ``arena``: search the smallest TFLM arena (default: when the
     ``tflite-micro`` package is installed)."""
@@ -217,8 +243,9 @@ def generate(model_path, out_dir, keep_names: bool = False, arena: bool | None =
     if fmt != "tflite":
         raise SystemExit(f"error: {path}: firmware needs a .tflite model (got {fmt})")
     info = info_from_tflite(path, data)  # labels and front end: from the metadata, before
-    graph = firmware_model_bytes(data, keep_names=keep_names)  # it is stripped
-    input_dtype, scale, zero_point = tflite_input_quantization(graph)
+    graph = firmware_model_bytes(data, keep_names=keep_names,  # it is stripped
+                                 keep_zero_points=keep_zero_points)
+    input_dtype, scale, zero_point = tflite_input_quantization(data)  # LiteRT reads the file
     ops = model_ops(graph)
     if arena is None:
         arena = _tflm_runtime() is not None
@@ -247,10 +274,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="folder for the generated sources")
     ap.add_argument("--keep-names", action="store_true",
                     help="keep tensor names and signatures in the array (debugging)")
+    ap.add_argument("--keep-zero-points", action="store_true",
+                    help="keep per-channel zero-point vectors whole (a graph LiteRT also loads)")
     ap.add_argument("--no-arena", dest="arena", action="store_false", default=None,
                     help="skip the TFLM arena search (EA_ARENA_MIN_BYTES)")
     args = ap.parse_args(argv)
-    result = generate(args.model, args.out, keep_names=args.keep_names, arena=args.arena)
+    result = generate(args.model, args.out, keep_names=args.keep_names, arena=args.arena,
+                      keep_zero_points=args.keep_zero_points)
     arena = ("" if result["arena_bytes"] is None
              else f", smallest TFLM arena {result['arena_bytes']} bytes")
     print(f"{result['model']}: {result['model_bytes']} bytes in flash (file "

@@ -50,7 +50,8 @@ try:
 except ImportError:  # a checkout without an install: the runtime sits beside us
     sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from gen_firmware import generate, smallest_arena, tflm_fits  # noqa: E402
+from gen_firmware import (firmware_model_bytes, generate, smallest_arena,  # noqa: E402
+                          tflm_fits)
 
 from edgeaudio.backends import native_stderr_silenced  # noqa: E402
 from edgeaudio.model import Model, softmax  # noqa: E402
@@ -255,7 +256,10 @@ def check(model_path, clips, build_dir=None, fft_double: bool = False,
     arena = smallest_arena(flash)
     arena_search_s = time.perf_counter() - t0
     tflm = TFLM(flash, arena)
-    ref_kernels = LiteRTReference(flash) if reference else None
+    # LiteRT loads the same graph with whole zero-point vectors (it refuses the shrunk form)
+    ref_kernels = (LiteRTReference(firmware_model_bytes(model_path.read_bytes(),
+                                                        keep_zero_points=True))
+                   if reference else None)
     runtime = Model(model_path, backend="litert")
     info = runtime.info
     out_q = tflm.output_quantization

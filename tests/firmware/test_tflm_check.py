@@ -156,6 +156,30 @@ def test_tflm_ran_in_the_smallest_arena_from_the_flashed_bytes(exported, report)
     assert report["flash_model_bytes"] < 128 * 1024
 
 
+def test_zero_points_shrink_and_tflm_gives_the_same_outputs(exported, report):
+    """The array keeps one zero point per weight / bias tensor instead of one per channel
+    (all 0: symmetric weights); TFLM reads element 0 for every channel, so the outputs are
+    those of the whole graph, bit for bit."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    data = exported["path"].read_bytes()
+    flash = tflm_check.firmware_model_bytes(data)
+    whole = tflm_check.firmware_model_bytes(data, keep_zero_points=True)
+    assert len(flash) == report["flash_model_bytes"] < len(whole) - 10_000
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flash))
+    per_channel = [t.quantization for t in model.subgraphs[0].tensors
+                   if t.quantization is not None and t.quantization.scale is not None
+                   and len(t.quantization.scale) > 1]
+    assert per_channel and all(len(q.zeroPoint) == 1 and q.zeroPoint[0] == 0
+                               for q in per_channel)
+    a = tflm_check.TFLM(flash, report["arena_bytes"])
+    b = tflm_check.TFLM(whole, report["arena_bytes"] + 16 * 1024)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = rng.integers(-128, 128, a.input_shape).astype(np.int8)
+        np.testing.assert_array_equal(a.run_raw(x), b.run_raw(x))
+
+
 def test_the_script_runs_end_to_end(exported, tmp_path):
     out = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, str(FIRMWARE / "tflm_check.py"),
