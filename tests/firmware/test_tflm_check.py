@@ -8,7 +8,7 @@ running the compiled model array in the smallest arena; the top-1 must equal the
 Training: 5 short epochs on 80 one-second crops (~7 s; the export round trip explains why not
 1: the BatchNorm statistics must move, or the model names one class for every clip and agreement
 proves nothing; ``test_the_model_tells_classes_apart`` guards that). The model file scores a
-window every 0.5 s (its stream hop), so the 15 held-out clips make 135 windows. One model and
+window every 0.5 s (its stream hop), so the 15 held-out clips make 150 windows. One model and
 one check are shared by the module (~25 s in all).
 
 Where the two paths can part: TFLM runs the reference kernels (checked bit-exact with LiteRT's
