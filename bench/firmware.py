@@ -206,8 +206,9 @@ def markdown(rows: list) -> str:
         if t:
             ok_f = r["flash_bytes"] <= t["flash_bytes"]
             ok_a = r["arena_bytes"] <= t["arena_bytes"]
-            target = (f"flash {'✓' if ok_f else '✗'} ({100 * r['flash_bytes'] / t['flash_bytes']:.0f}"
-                      f" % of 100 KiB), arena {'✓' if ok_a else '✗'} "
+            share = 100 * r["flash_bytes"] / t["flash_bytes"]
+            target = (f"flash {'✓' if ok_f else '✗'} ({share:.0f} % of 100 KiB), "
+                      f"arena {'✓' if ok_a else '✗'} "
                       f"({100 * r['arena_bytes'] / t['arena_bytes']:.0f} % of 64 KiB)")
         out.append(f"| {r['student']}{' (trained)' if r['trained'] else ''} | "
                    f"{r['window_seconds']:g} s ({r['n_frames']} × {r['n_bins']}) | "

@@ -413,10 +413,11 @@ def summary(report: dict) -> str:
                    f"{report['max_output_diff_steps_vs_runtime']:g} int8 steps")
     if report["tflm_bit_exact_with_litert_reference_kernels"] is not None:
         steps = report["tflm_max_diff_vs_litert_reference_steps"]
+        diff = (f"{steps} step" if steps is not None
+                else f"{report['tflm_max_abs_diff_vs_litert_reference']:.2g}")
         raw.append(f"TFLM vs LiteRT's reference kernels on the same inputs: "
                    f"{100 * report['tflm_bit_exact_with_litert_reference_kernels']:.1f} % "
-                   f"bit-exact, max diff " + (f"{steps} step" if steps is not None else
-                                              f"{report['tflm_max_abs_diff_vs_litert_reference']:.2g}"))
+                   f"bit-exact, max diff {diff}")
     if raw:
         lines.append("raw outputs: " + "; ".join(raw))
     lines += [
