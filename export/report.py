@@ -223,7 +223,7 @@ def tflm_report(path: Path, info: ModelInfo, data: EvalSet, row: dict) -> dict:
     largest raw output difference, in int8 output steps: reference kernels round differently
     from LiteRT's optimized ones, so near-ties can flip)."""
     try:
-        from .tflm import LiteRTReference, TFLMRunner, smallest_arena
+        from .tflm import LiteRTReference, TFLMRunner, smallest_arena, tensor_quantization
         arena = smallest_arena(path.read_bytes())
         runner = TFLMRunner(path, arena_size=arena + 1024)
     except Exception as exc:  # report, don't fail the export: the files are written
@@ -238,7 +238,7 @@ def tflm_report(path: Path, info: ModelInfo, data: EvalSet, row: dict) -> dict:
             ref_raw = [np.stack([litert.backend.run(w) for w in f]) for f in data.features]
             reference = [activate(r.astype(np.float64), info.output_activation)
                          for r in ref_raw]
-            step = runner._qparams(runner.out)
+            step = tensor_quantization(runner.out)
             if step:
                 d["max_output_diff_steps"] = float(round(max(
                     np.abs(a - b).max() for a, b in zip(raw, ref_raw)) / step[0], 3))

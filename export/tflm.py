@@ -26,6 +26,15 @@ class TFLMError(ExportError):
     pass
 
 
+def tensor_quantization(details: dict):
+    """(scale, zero point) of a TFLM tensor's details, or None for a float tensor."""
+    q = details.get("quantization_parameters") or {}
+    scales, zeros = q.get("scales"), q.get("zero_points")
+    if scales is None or len(scales) == 0:
+        return None
+    return float(scales[0]), int(zeros[0])
+
+
 def _runtime():
     try:
         from tflite_micro.python.tflite_micro import runtime
@@ -106,14 +115,6 @@ class TFLMRunner:
         self.out = self.interpreter.get_output_details(0)
         self.input_shape = tuple(int(d) for d in self.inp["shape"])
 
-    @staticmethod
-    def _qparams(details):
-        q = details.get("quantization_parameters") or {}
-        scales, zeros = q.get("scales"), q.get("zero_points")
-        if scales is None or len(scales) == 0:
-            return None
-        return float(scales[0]), int(zeros[0])
-
     def run_raw(self, x: np.ndarray) -> np.ndarray:
         """Set the input tensor as given (already in the input dtype), invoke, raw output."""
         self.interpreter.set_input(np.asarray(x).reshape(self.input_shape), 0)
@@ -124,7 +125,7 @@ class TFLMRunner:
         """Log features ``[n_frames, bins]`` -> the input tensor (int8 where the model is)."""
         x = np.asarray(features, np.float32)[None]
         dtype = np.dtype(self.inp["dtype"])
-        q = self._qparams(self.inp)
+        q = tensor_quantization(self.inp)
         if dtype in (np.int8, np.uint8) and q:
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max)
@@ -133,7 +134,7 @@ class TFLMRunner:
     def run(self, features: np.ndarray) -> np.ndarray:
         """Log features ``[n_frames, bins]`` -> raw float outputs ``[classes]``."""
         y = self.run_raw(self.quantize_input(features))
-        q = self._qparams(self.out)
+        q = tensor_quantization(self.out)
         if np.dtype(self.out["dtype"]) in (np.int8, np.uint8) and q:
             y = (y.astype(np.float32) - q[1]) * q[0]
         return np.asarray(y, np.float32).reshape(-1)

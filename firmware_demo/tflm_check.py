@@ -54,6 +54,7 @@ from gen_firmware import (firmware_model_bytes, generate, smallest_arena,  # noq
                           tflm_fits)
 
 from edgeaudio.backends import native_stderr_silenced  # noqa: E402
+from edgeaudio.export.tflm import tensor_quantization  # noqa: E402
 from edgeaudio.model import Model, softmax  # noqa: E402
 
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
@@ -154,21 +155,13 @@ class TFLM:
         self.input_shape = tuple(int(d) for d in self.inp["shape"])
         self.input_dtype = np.dtype(self.inp["dtype"])
 
-    @staticmethod
-    def _qparams(details):
-        q = details.get("quantization_parameters") or {}
-        scales, zeros = q.get("scales"), q.get("zero_points")
-        if scales is None or len(scales) == 0:
-            return None
-        return float(scales[0]), int(zeros[0])
-
     @property
     def input_quantization(self):
-        return self._qparams(self.inp)
+        return tensor_quantization(self.inp)
 
     @property
     def output_quantization(self):
-        return self._qparams(self.out)
+        return tensor_quantization(self.out)
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
         """One model input (int8 or float32, as the model takes) -> the output tensor."""

@@ -27,3 +27,21 @@ def esc50_rows():
 
 def esc50_clip(stem_or_filename: str) -> Path:
     return ESC50 / "audio" / (Path(stem_or_filename).stem + ".flac")
+
+
+def esc50_csv(root: Path, labels, train_per_class: int, test_per_class: int) -> Path:
+    """A path,label,fold CSV over real ESC-50 clips of ``labels``: the first
+    ``train_per_class`` clips of folds 1-4 for training, ``test_per_class`` of fold 5 held out."""
+    rows = sorted(esc50_rows(), key=lambda r: r["filename"])
+    out = []
+    for label in labels:
+        mine = [r for r in rows if r["category"] == label]
+        out += [r for r in mine if r["fold"] != "5"][:train_per_class]
+        out += [r for r in mine if r["fold"] == "5"][:test_per_class]
+    path = root / "clips.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold"])
+        for r in out:
+            w.writerow([esc50_clip(r["filename"]), r["category"], r["fold"]])
+    return path

@@ -36,30 +36,12 @@ from edgeaudio.export import quantize  # noqa: E402
 from edgeaudio.export.report import JSON_NAME, MARKDOWN_NAME  # noqa: E402
 from edgeaudio.train.checkpoint import load_student  # noqa: E402
 
-from ..conftest import REPO, esc50_rows  # noqa: E402
+from ..conftest import REPO, esc50_csv, esc50_rows  # noqa: E402
 
 torch.set_num_threads(1)
 
 LABELS = ["dog", "rooster", "rain", "crying_baby", "clock_tick"]  # ESC-10 classes (CC BY)
 FILES = ["model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite"]
-
-
-def make_csv(root, esc50, train_per_class=16, test_per_class=4):
-    """path,label,fold over real ESC-50 clips: folds 1-4 for training, fold 5 held out."""
-    rows = sorted(esc50_rows(), key=lambda r: r["filename"])
-    out = []
-    for label in LABELS:
-        mine = [r for r in rows if r["category"] == label]
-        out += [r for r in mine if r["fold"] != "5"][:train_per_class]
-        out += [r for r in mine if r["fold"] == "5"][:test_per_class]
-    path = root / "clips.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "fold"])
-        for r in out:
-            w.writerow([esc50 / "audio" / (r["filename"][:-4] + ".flac"), r["category"],
-                        r["fold"]])
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +50,7 @@ def exported(tmp_path_factory, esc50):
     from edgeaudio.train.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("roundtrip")
-    data = make_csv(root, esc50)
+    data = esc50_csv(root, LABELS, train_per_class=16, test_per_class=4)
     cfg = TrainConfig(data=str(data), fold=5, student="tiny", epochs=3, batch_size=4, lr=3e-3,
                       warmup_epochs=0, crop_seconds=1.0, mixup=0.0, specaugment=False, seed=0)
     run = root / "run"

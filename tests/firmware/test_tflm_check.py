@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.conftest import REPO, esc50_rows  # noqa: E402
+from tests.conftest import REPO, esc50_csv, esc50_rows  # noqa: E402
 
 FIRMWARE = REPO / "firmware_demo"
 LABELS = ["dog", "rooster", "rain", "crying_baby", "clock_tick"]  # ESC-10 classes (CC BY)
@@ -51,24 +51,6 @@ sys.path.insert(0, str(FIRMWARE))
 import tflm_check  # noqa: E402
 
 
-def make_csv(root, esc50):
-    """path,label,fold over real clips: folds 1-4 for training, fold 5 held out."""
-    rows = sorted(esc50_rows(), key=lambda r: r["filename"])
-    out = []
-    for label in LABELS:
-        mine = [r for r in rows if r["category"] == label]
-        out += [r for r in mine if r["fold"] != "5"][:TRAIN_PER_CLASS]
-        out += [r for r in mine if r["fold"] == "5"][:TEST_PER_CLASS]
-    path = root / "clips.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "fold"])
-        for r in out:
-            w.writerow([esc50 / "audio" / (r["filename"][:-4] + ".flac"), r["category"],
-                        r["fold"]])
-    return path
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, esc50):
     """A tiny student, trained briefly and written as int8 TFLite the way export does."""
@@ -83,7 +65,7 @@ def exported(tmp_path_factory, esc50):
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tflm_check")
-    data = make_csv(root, esc50)
+    data = esc50_csv(root, LABELS, TRAIN_PER_CLASS, TEST_PER_CLASS)
     cfg = TrainConfig(data=str(data), fold=5, student="tiny", epochs=5, batch_size=4, lr=3e-3,
                       warmup_epochs=0, crop_seconds=1.0, mixup=0.0, specaugment=False, seed=0)
     run = root / "run"
