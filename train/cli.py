@@ -113,7 +113,20 @@ def train_command(data, recipe, fold, folds, student, teachers, reg, alpha, meth
                   kd_teachers, kd_temperature, kd_mixtures, mixture_prob, epochs, batch_size, lr, seed, crop_seconds,
                   mixup, no_specaugment, train_fraction, skip_unreadable, out, resume, threads,
                   stop_after, quiet):
-    """Train a student (teachers shape it at training time only)."""
+    """Train a student (teachers shape it at training time only).
+
+    \b
+    Examples:
+      edgeaudio train --data my_recordings/           # one sub-folder per class
+      edgeaudio train --data labels.csv               # path,label[,fold]
+      edgeaudio train --data ../shared/data/esc50 --recipe esc50 --fold 1 \\
+          --student small --teacher yamnet --teacher efficientat --reg con --out runs/f1
+      edgeaudio train --data ../shared/data/esc50 --recipe esc50 --folds 1-5 \\
+          --teacher yamnet --teacher efficientat --reg con --kd 0.5 --out runs/cv
+      edgeaudio train --out runs/f1 --resume ...      # same flags; continues a killed run
+      edgeaudio train --list-students / --list-teachers
+    Then: edgeaudio evaluate RUN, edgeaudio export RUN --int8.
+    """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .data import parse_folds
     from .loop import TrainConfig, train, train_cv
@@ -178,7 +191,14 @@ def train_command(data, recipe, fold, folds, student, teachers, reg, alpha, meth
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
 def evaluate_command(run, data, recipe, fold, out, as_json, threads):
-    """Accuracy, per-class report and confusion matrix of a trained run."""
+    """Accuracy, per-class report and confusion matrix of a trained run.
+
+    \b
+    Examples:
+      edgeaudio evaluate runs/esc50-f1                # its held-out fold
+      edgeaudio evaluate runs/esc50-f1 --json
+      edgeaudio evaluate runs/mine --data other_recordings/
+    """
     import torch
     from .loop import evaluate_run
 
