@@ -122,7 +122,7 @@ def train_command(data, recipe, fold, folds, student, teachers, reg, alpha, meth
       edgeaudio train --data ../shared/data/esc50 --recipe esc50 --fold 1 \\
           --student small --teacher yamnet --teacher efficientat --reg con --out runs/f1
       edgeaudio train --data ../shared/data/esc50 --recipe esc50 --folds 1-5 \\
-          --teacher yamnet --teacher efficientat --reg con --kd 0.5 --out runs/cv
+          --teacher yamnet --teacher efficientat --reg con --kd 0.7 --out runs/cv
       edgeaudio train --out runs/f1 --resume ...      # same flags; continues a killed run
       edgeaudio train --list-students / --list-teachers
     Then: edgeaudio evaluate RUN, edgeaudio export RUN --int8.
