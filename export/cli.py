@@ -256,7 +256,18 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
 def export_command(run, formats, int8, calibration, calibration_data, data, test_fold,
                    eval_data, qat_epochs, qat_threshold, out, name, stem, no_report,
                    max_eval_clips, no_tflm):
-    """Export a trained student (checkpoint file or run folder) as .onnx / .tflite files."""
+    """Export a trained student (checkpoint file or run folder) as .onnx / .tflite files.
+
+    \b
+    Writes model.onnx, model.tflite (float) and with --int8 model.int8.onnx, model.int8.tflite,
+    plus export_report.json / .md (sizes, MACs, accuracy and agreement, latency, TFLM check).
+    \b
+    Examples:
+      edgeaudio export runs/esc50-f1 --int8 --out models/
+      edgeaudio export runs/esc50-f1 -f tflite --int8 --qat 3 --out models/
+      edgeaudio export runs/mine/checkpoint.pt --int8 --calibration-data clips/ --no-report
+      edgeaudio classify --model models/model.int8.tflite dog.wav
+    """
     def echo(msg):
         click.echo(msg, err=True)
 
