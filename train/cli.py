@@ -29,6 +29,8 @@ def _list_students(ctx, param, value):
         settings = student_frontend_settings(row["name"])
         click.echo(f"{row['name']:8s} {row['params']:>9,d} params  embedding {row['embedding_dim']:>3d}"
                    f"  {row['n_bins']} bins @ {settings['sample_rate']} Hz  {row['description']}")
+    click.echo("multiview  one CRNN branch per --views (~86 K params each) and a joint head, "
+               "--blend adaptive|none|late|uniform (training-time comparison, not exported)")
     ctx.exit(0)
 
 
@@ -67,6 +69,14 @@ def _default_out(cfg, folds) -> Path:
 @click.option("--folds", default=None, help="Cross-validation over these held-out folds, e.g. 1-5.")
 @click.option("--student", default="small", show_default=True, help="Student size "
               "(--list-students).")
+@click.option("--views", default="mel,gammatone,cqt,raw", show_default=True,
+              help="With --student multiview: one branch per view (mel, gammatone, cqt, raw).")
+@click.option("--blend", type=click.Choice(["adaptive", "none", "late", "uniform"]),
+              default="adaptive", show_default=True,
+              help="With --student multiview: adaptive gradient blending read out as the "
+                   "self-ensemble; none = concatenation fusion; late = mean of view heads.")
+@click.option("--blend-every", type=click.IntRange(1), default=None,
+              help="With --blend adaptive: steps between weight updates (default: an epoch).")
 @click.option("--teacher", "teachers", multiple=True, help="Teacher for the regulariser "
               "(repeatable; concatenated).")
 @click.option("--reg", type=click.Choice(REGULARIZERS), default="none", show_default=True,
@@ -109,7 +119,7 @@ def _default_out(cfg, folds) -> Path:
               callback=_list_students, help="List the student sizes and exit.")
 @click.option("--list-teachers", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_teachers, help="List the teachers and exit.")
-def train_command(data, recipe, fold, folds, student, teachers, reg, alpha, method, kd,
+def train_command(data, recipe, fold, folds, student, views, blend, blend_every, teachers, reg, alpha, method, kd,
                   kd_teachers, kd_temperature, kd_mixtures, mixture_prob, epochs, batch_size, lr, seed, crop_seconds,
                   mixup, no_specaugment, train_fraction, skip_unreadable, out, resume, threads,
                   stop_after, quiet):
@@ -135,6 +145,29 @@ def train_command(data, recipe, fold, folds, student, teachers, reg, alpha, meth
     if not data:
         raise UsageError("--data is required (a folder of class sub-folders, a CSV, or the "
                          "ESC-50 folder with --recipe esc50)")
+    if student == "multiview":
+        if teachers or kd_teachers or kd or reg != "none" or method != "student" or folds:
+            raise UsageError("--student multiview trains without teachers (--teacher, --reg, "
+                             "--kd, --method) and on one --fold")
+        from .multiview_train import MultiViewConfig, train_multiview
+        mv_cfg = MultiViewConfig(data=str(data), recipe=recipe, fold=fold, views=views,
+                                 blend=blend, blend_every=blend_every, epochs=epochs,
+                                 batch_size=batch_size, lr=lr, seed=seed,
+                                 crop_seconds=crop_seconds, mixup=mixup,
+                                 specaugment=not no_specaugment,
+                                 train_fraction=train_fraction, skip_unreadable=skip_unreadable)
+        out = Path(out) if out else Path("runs") / "-".join(
+            [Path(str(data).rstrip("/")).stem or "data", "multiview", views.replace(",", "+"),
+             blend] + ([f"f{fold}"] if fold is not None else []))
+        metrics = train_multiview(mv_cfg, out, resume=resume, progress=not quiet,
+                                  stop_after_epoch=stop_after, threads=threads)
+        if "stopped_after_epoch" in metrics:
+            click.echo(f"stopped after epoch {metrics['stopped_after_epoch']}; continue with "
+                       f"--resume --out {out}")
+        elif "accuracy" in metrics:
+            click.echo(f"held-out accuracy {metrics['accuracy']:.4f} ({metrics['readout']}) on "
+                       f"{metrics['n_test']} clips; {out / 'metrics.json'}")
+        return
     if student not in STUDENTS:
         raise UsageError(f"unknown student {student!r} (known: {', '.join(STUDENTS)})")
     from .teachers.base import list_teachers

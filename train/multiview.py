@@ -213,15 +213,17 @@ def head_losses(outputs: Mapping[str, torch.Tensor], targets: torch.Tensor,
 
 @torch.no_grad()
 def evaluate_head_losses(model: MultiViewNet, batches: Iterable) -> dict[str, float]:
-    """Mean cross-entropy of every head over ``batches`` of ``(wave, target)``, in eval mode
-    (the measurement ``GradientBlender.update`` takes)."""
+    """Mean cross-entropy of every head over ``batches`` of ``(wave, target)`` or
+    ``(view_inputs, target)`` (precomputed ``view_inputs``), in eval mode (the measurement
+    ``GradientBlender.update`` takes)."""
     was_training = model.training
     model.eval()
     totals = {name: 0.0 for name in model.head_names}
     count = 0
     try:
-        for wave, target in batches:
-            outputs = model(wave)
+        for inputs, target in batches:
+            outputs = (model.forward_views(inputs) if isinstance(inputs, Mapping)
+                       else model(inputs))
             for name in model.head_names:
                 totals[name] += float(F.cross_entropy(outputs[name], target,
                                                       reduction="sum"))
