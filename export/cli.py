@@ -46,7 +46,7 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
     """The run's own split (``edgeaudio.train.data``: its data, recipe, held-out fold, seed and
     validation fraction), or ``data`` / ``test_fold`` given here; ``calibration_data`` (any
     audio folder) and ``eval_data`` (a labeled data set) replace either side."""
-    from edgeaudio.train.data import DatasetError, load_dataset, split_indices
+    from edgeaudio.train.data import DatasetError, load_dataset, select_classes, split_indices
 
     from .quantize import dataset_clips, unlabeled_clips
 
@@ -56,6 +56,8 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
     if source:
         recipe = None if data else config.get("recipe")
         dataset = load_dataset(source, recipe)
+        if not data:  # the run's own data: the classes it was trained on (--classes)
+            dataset = select_classes(dataset, config.get("classes"))[0]
         fold = test_fold if test_fold is not None else config.get("fold")
         if test_fold is None and fold is not None and not dataset.has_folds:
             fold = None  # --data without folds replaces the run's: a seeded split

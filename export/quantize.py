@@ -112,19 +112,12 @@ class Clip:
 
 def list_audio_files(folder) -> list:
     """Audio files under ``folder`` (recursive), sorted; CalibrationError when there are none."""
-    from edgeaudio.train.data import AUDIO_EXTENSIONS
+    from edgeaudio.train.data import DatasetError, audio_files_under
 
-    folder = Path(folder)
-    if not folder.exists():
-        raise CalibrationError(f"audio folder not found: {folder}")
-    if not folder.is_dir():
-        raise CalibrationError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in AUDIO_EXTENSIONS)
-    if not files:
-        raise CalibrationError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in "
-                               "this folder or below it")
-    return files
+    try:
+        return audio_files_under(folder)
+    except DatasetError as exc:
+        raise CalibrationError(str(exc)) from None
 
 
 def unlabeled_clips(folder) -> list:

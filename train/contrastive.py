@@ -11,6 +11,8 @@ its SNR is drawn from ``NOISE_SNR_DB`` = [6, 30] dB.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -107,3 +109,15 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, tau: float = TAU) -> torch.Ten
     b = z_a.shape[0]
     positives = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)])
     return F.cross_entropy(sim, positives)
+
+
+def mixed_view_loss(embed: Callable[[torch.Tensor], torch.Tensor], projection: ProjectionHead,
+                    labeled: np.ndarray, unlabeled: np.ndarray, sample_rate: int,
+                    rng: np.random.Generator, tau: float = TAU) -> torch.Tensor:
+    """NT-Xent between every clip of a labeled and an unlabeled batch (crops ``[B, N]``) and
+    its batch-split mixed view. ``embed`` maps waveforms ``[M, N]`` to pooled embeddings
+    ``[M, D]``; originals and mixed views go through it as one batch."""
+    waves = torch.from_numpy(np.concatenate([labeled, unlabeled]).astype(np.float32))
+    _, originals, mixed = batch_split_mix(waves, sample_rate, rng)
+    z = projection(embed(torch.cat([originals, mixed])))
+    return nt_xent(z[:len(waves)], z[len(waves):], tau)

@@ -8,6 +8,10 @@ are *skipped and listed* in ``Dataset.skipped`` (the train command writes them t
 ``data_report.json``), and unreadable audio is an error unless the caller asks to skip it, in
 which case it too is listed.
 
+A run may keep a subset of the classes (``select_classes``: names, or ``esc10``) and draw an
+unlabeled pool for contrastive regularization (``unlabeled_items``: folders of audio, CSVs whose
+labels are ignored, or the clips of the other classes outside the held-out fold).
+
 Waveforms are decoded once (``load_waveforms``) at the student's sample rate, mono float32.
 Training batches are random crops with random gain (``make_crops``); each crop remembers where
 it came from so that the teacher frames covering it can be sliced from the cache.
@@ -105,6 +109,22 @@ def load_dataset(data, recipe: str | None = None) -> Dataset:
 
 def _is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def audio_files_under(folder) -> list[Path]:
+    """Audio files under ``folder`` (recursive, hidden files left out), sorted; DatasetError
+    when the folder is missing or holds none."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DatasetError(f"audio folder not found: {folder}")
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and _is_audio(p))
+    if not files:
+        raise DatasetError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in "
+                           "this folder or below it")
+    return files
 
 
 def load_folder(root: Path) -> Dataset:
@@ -221,6 +241,87 @@ def load_esc50(root: Path) -> Dataset:
         raise DatasetError(f"{meta}: targets are not 0..{len(names) - 1}")
     _check_duplicates(items)
     return Dataset(items, [names[t] for t in range(len(names))], "esc50", str(root))
+
+
+def esc10_labels(root) -> list[str]:
+    """The ten categories of ESC-50's ``esc10`` column (``meta/esc50.csv``), by target."""
+    meta = Path(root) / "meta" / "esc50.csv"
+    with open(meta, newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("esc10", "").strip() == "True"]
+    return [c for _, c in sorted({(int(r["target"]), r["category"]) for r in rows})]
+
+
+# ------------------------------------------------------------------------------ subsets
+
+
+UNLABELED_REST = "rest"    # --unlabeled rest: the clips of the classes outside --classes
+
+
+def select_classes(dataset: Dataset, classes: str | None) -> tuple[Dataset, Dataset]:
+    """(the dataset restricted to ``classes``, the rest of it).
+
+    ``classes``: comma-separated class names, or ``esc10`` (the ESC-50 recipe's ESC-10 subset);
+    None keeps every class (the dataset itself is returned, the rest is empty).
+    """
+    if not classes:
+        return dataset, Dataset([], [], dataset.kind, dataset.source)
+    if classes.strip().lower() == "esc10":
+        if dataset.kind != "esc50":
+            raise DatasetError("--classes esc10 selects ESC-50's esc10 column: it needs the "
+                               "ESC-50 folder (--recipe esc50)")
+        wanted = set(esc10_labels(dataset.source))
+    else:
+        wanted = {name.strip() for name in classes.split(",") if name.strip()}
+        unknown = sorted(wanted - set(dataset.labels))
+        if unknown or not wanted:
+            raise DatasetError(f"--classes: unknown class(es) {', '.join(unknown) or classes!r} "
+                               f"in {dataset.source} (known: {', '.join(dataset.labels[:10])}"
+                               f"{' ...' if len(dataset.labels) > 10 else ''})")
+
+    def part(keep: bool) -> Dataset:
+        return Dataset([i for i in dataset.items if (i.label in wanted) == keep],
+                       [label for label in dataset.labels if (label in wanted) == keep],
+                       dataset.kind, dataset.source, dataset.skipped if keep else [])
+
+    return part(True), part(False)
+
+
+def unlabeled_items(sources: Sequence[str], rest: Dataset | None,
+                    held_out_fold: int | None) -> list[Item]:
+    """The unlabeled pool named by ``--unlabeled`` (each a folder of audio, searched
+    recursively; a CSV path,label[,fold] whose labels are ignored; or ``rest``: the clips of
+    ``rest`` outside ``held_out_fold``). A file named twice is kept once."""
+    items: list[Item] = []
+    for source in sources:
+        if source == UNLABELED_REST:
+            if rest is None or not rest.items:
+                raise DatasetError("--unlabeled rest: no clips outside the selected classes "
+                                   "(give --classes, e.g. esc10, leaving some classes out)")
+            items += [Item(i.path, "", i.fold, i.where) for i in rest.items
+                      if held_out_fold is None or i.fold != held_out_fold]
+            continue
+        path = Path(source)
+        if path.is_dir():
+            try:
+                files = audio_files_under(path)
+            except DatasetError as exc:
+                raise DatasetError(f"--unlabeled {exc}") from None
+            items += [Item(f, "", None, str(f)) for f in files]
+        elif path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".txt"):
+            items += [Item(i.path, "", None, i.where) for i in load_csv(path).items]
+        elif not path.exists():
+            raise DatasetError(f"--unlabeled {source}: no such folder or file")
+        else:
+            raise DatasetError(f"--unlabeled {source}: expected a folder of audio, a CSV "
+                               f"(path,label; labels ignored) or '{UNLABELED_REST}'")
+    seen: set[str] = set()
+    unique = []
+    for item in items:
+        key = os.path.realpath(item.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
 
 
 def _check_duplicates(items: Iterable[Item]) -> None:
@@ -430,6 +531,25 @@ def make_crops(waves: Sequence[np.ndarray], indices: np.ndarray, crop_samples: i
         gains = 10.0 ** (rng.uniform(-gain_db, gain_db, size=len(indices)) / 20.0)
         batch *= gains[:, None].astype(np.float32)
     return Crops(batch, np.asarray(indices), starts, starts + crop_samples / sample_rate, clip_s)
+
+
+def clip_batches(waves: Sequence[np.ndarray], indices: np.ndarray, min_samples: int,
+                 batch_size: int = 32):
+    """Whole clips (zero-padded to ``min_samples``) in batches of equal length, for
+    evaluation: yields (positions into ``indices``, float32 tensor ``[b, S]``)."""
+    import torch
+
+    by_length: dict[int, list[int]] = {}
+    for pos, idx in enumerate(indices):
+        by_length.setdefault(max(len(waves[idx]), min_samples), []).append(pos)
+    for length, positions in sorted(by_length.items()):
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start:start + batch_size]
+            batch = np.zeros((len(chunk), length), dtype=np.float32)
+            for row, pos in enumerate(chunk):
+                wave = waves[indices[pos]]
+                batch[row, :len(wave)] = wave
+            yield chunk, torch.from_numpy(batch)
 
 
 def frames_covering(n_frames: int, clip_s: float, start_s: float, end_s: float

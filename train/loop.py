@@ -12,7 +12,11 @@ resumed from the checkpoint of epoch k continues exactly as the uninterrupted ru
 Per step: random crops (+gain) -> mixup (waveforms; labels, teacher frames and probe targets
 mixed with the same weight) -> student front end -> SpecAugment -> embedding ``l`` ->
 classifier. Loss = (1 - kd) CE + kd KD(probe) + alpha Reg(l, v) with ``v`` the cached teacher
-frames covering each crop, aligned to the student's embedding frames.
+frames covering each crop, aligned to the student's embedding frames. With ``contrastive``
+(after its warm-up epochs) the step also takes an unlabeled batch and adds
+``contrastive_weight * NT-Xent`` between the labeled and unlabeled crops and their batch-split
+mixed views (``edgeaudio.train.contrastive``); its draws come from a generator of its own,
+seeded by ``(seed, epoch)``, so resuming stays exact and the default path is untouched.
 """
 from __future__ import annotations
 
@@ -33,17 +37,23 @@ from edgeaudio.errors import EdgeAudioError
 
 from .cache import CacheStats, EmbeddingCache, split_teacher_names, teacher_features
 from .checkpoint import load_checkpoint, load_student, save_checkpoint
-from .data import (Dataset, DatasetError, drop_items, frames_covering, load_dataset,
-                   load_waveforms, make_crops, split_indices)
+from .contrastive import LAMBDA, TAU, ProjectionHead, mixed_view_loss
+from .data import (UNLABELED_REST, Dataset, DatasetError, Item, drop_items, frames_covering,
+                   load_dataset, load_waveforms, make_crops, select_classes, split_indices,
+                   unlabeled_items)
 from .losses import (DEFAULT_ALPHA, METHODS, REGULARIZERS, FusionHead, Regularizer,
                      fit_crossfit_probes, kd_loss, mixup_cross_entropy)
 from .students import (build_student, count_macs_per_second, count_params,
                        student_frontend_settings)
 from .teachers.base import align_frames
+from .teachers.fitted import kd_head_for
 
 
 class TrainError(EdgeAudioError):
     pass
+
+
+CONTRASTIVE_STREAM = 5801  # names the contrastive term's own random stream (seed, epoch, this)
 
 
 @dataclass
@@ -66,6 +76,14 @@ class TrainConfig:
     # 0 = off: mixup blends clean clips and their targets.
     kd_mixtures: int = 0
     mixture_prob: float = 0.8
+    classes: str | None = None                         # labeled subset: "esc10" or "dog,rain"
+    # cross-domain contrastive regularization (Lee & Lee) on an unlabeled pool: folders of
+    # audio, CSVs (labels ignored) or "rest" (the clips outside ``classes``, held-out fold
+    # excluded)
+    contrastive: bool = False
+    unlabeled: list = field(default_factory=list)
+    contrastive_weight: float = LAMBDA
+    contrastive_warmup: int | None = None              # None: the first 10 % of the epochs
     epochs: int = 60
     batch_size: int = 32
     lr: float = 2e-3
@@ -84,10 +102,17 @@ class TrainConfig:
     val_fraction: float = 0.2                          # held out when the data has no folds
     skip_unreadable: bool = False
     eval_every: int = 1
+    steps_per_epoch: int | None = None                 # None: one pass over the training clips
     channels_last: bool = True
 
     def resolved_alpha(self) -> float:
         return DEFAULT_ALPHA[self.reg] if self.alpha is None else float(self.alpha)
+
+    def resolved_contrastive_warmup(self) -> int:
+        """Epochs on labels alone before the contrastive term joins."""
+        if self.contrastive_warmup is not None:
+            return int(self.contrastive_warmup)
+        return int(round(0.1 * self.epochs))
 
     def validate(self) -> None:
         if self.reg not in REGULARIZERS:
@@ -103,6 +128,21 @@ class TrainConfig:
             raise TrainError(f"--kd is a weight in [0, 1], got {self.kd}")
         if self.kd_mixtures < 0 or not 0.0 <= self.mixture_prob <= 1.0:
             raise TrainError("--kd-mixtures must be >= 0 and --mixture-prob in [0, 1]")
+        if self.contrastive and not self.unlabeled:
+            raise TrainError("--contrastive needs unlabeled audio: --unlabeled FOLDER "
+                             "(repeatable; or a CSV, or 'rest' with --classes)")
+        if self.unlabeled and not self.contrastive:
+            raise TrainError("--unlabeled is used by --contrastive only: add --contrastive")
+        if UNLABELED_REST in self.unlabeled and not self.classes:
+            raise TrainError("--unlabeled rest means the clips of the classes outside "
+                             "--classes: give --classes (e.g. esc10)")
+        if self.contrastive and self.resolved_contrastive_warmup() >= self.epochs:
+            raise TrainError(f"--contrastive-warmup {self.resolved_contrastive_warmup()} leaves "
+                             f"no epoch of --epochs {self.epochs} for the contrastive term")
+        if self.contrastive_weight < 0:
+            raise TrainError(f"--contrastive-weight must be >= 0, got {self.contrastive_weight}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise TrainError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -128,6 +168,17 @@ def write_json(path: Path, payload) -> None:
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+def epoch_order(indices: np.ndarray, n_needed: int, rng: np.random.Generator) -> np.ndarray:
+    """``indices`` shuffled, in as many passes (each reshuffled) as ``n_needed`` draws take."""
+    passes = max(1, -(-n_needed // len(indices)))
+    return np.concatenate([indices[rng.permutation(len(indices))] for _ in range(passes)])
+
+
+def load_run_dataset(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
+    """(the labeled dataset of a run: ``cfg.data`` restricted to ``cfg.classes``, the rest)."""
+    return select_classes(load_dataset(cfg.data, cfg.recipe), cfg.classes)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: int) -> float:
@@ -239,6 +290,8 @@ class Prepared:
     mix_plan: dict | None = None         # item -> [(partner, lam, offset), ...]
     mix_reg_frames: dict | None = None   # (item, m) -> teacher frames of that mixture
     mix_kd_frames: dict | None = None
+    unlabeled_waves: list | None = None  # the contrastive pool, decoded like the labeled clips
+    unlabeled_report: dict | None = None
 
 
 def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | None = None,
@@ -247,7 +300,9 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
     settings = student_frontend_settings(cfg.student)
     rate = int(settings["sample_rate"])
     if dataset is None:
-        dataset = load_dataset(cfg.data, cfg.recipe)
+        dataset = load_run_dataset(cfg)[0]
+    # listed before any decoding, so that a bad --unlabeled fails at once
+    pool = unlabeled_pool(cfg, dataset) if cfg.contrastive else None
     if waves is None:
         waves, bad = load_waveforms(dataset.items, rate, skip_unreadable=cfg.skip_unreadable,
                                     progress=progress)
@@ -281,24 +336,64 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
         pooled = np.stack([f.mean(axis=0) for f in kd_frames])
         targets = dataset.targets
         t0 = time.time()
-        probes = fit_crossfit_probes(pooled, targets, train_idx, len(dataset.labels),
-                                     seed=cfg.seed)
-        test_acc = float((probes.full.logits(pooled[test_idx]).argmax(1)
-                          == targets[test_idx]).mean()) if len(test_idx) else float("nan")
-        kd_info = {"teachers": kd_desc["teachers"], "dim": kd_desc["dim"], "c": probes.c,
-                   "oof_accuracy_train": probes.oof_accuracy,
-                   "c_scores": {str(k): v for k, v in probes.c_scores.items()},
-                   "probe_test_accuracy": test_acc, "fit_seconds": time.time() - t0,
-                   "_frames": kd_frames}
-        log_line(out_dir, f"probe on {'+'.join(kd_desc['teachers'])}: C={probes.c:g}, "
-                          f"out-of-fold train acc {probes.oof_accuracy:.3f}, held-out acc "
-                          f"{test_acc:.3f}")
+        # a fitted teacher (edgeaudio teacher fit) on the run's classes has its own heads
+        head = kd_head_for(split_teacher_names(kd_names), dataset.labels, get_teacher)
+        if head is not None:
+            probes = head
+            test_acc = float((head.probabilities(pooled[test_idx]).argmax(1)
+                              == targets[test_idx]).mean()) if len(test_idx) else float("nan")
+            kd_info = {"teachers": kd_desc["teachers"], "dim": kd_desc["dim"],
+                       "source": "the fitted teacher's own heads",
+                       "teacher_test_accuracy": test_acc, "_frames": kd_frames}
+            log_line(out_dir, f"KD from the heads of {'+'.join(kd_desc['teachers'])}: "
+                              f"held-out acc {test_acc:.3f}")
+        else:
+            probes = fit_crossfit_probes(pooled, targets, train_idx, len(dataset.labels),
+                                         seed=cfg.seed)
+            test_acc = float((probes.full.logits(pooled[test_idx]).argmax(1)
+                              == targets[test_idx]).mean()) if len(test_idx) else float("nan")
+            kd_info = {"teachers": kd_desc["teachers"], "dim": kd_desc["dim"], "c": probes.c,
+                       "oof_accuracy_train": probes.oof_accuracy,
+                       "c_scores": {str(k): v for k, v in probes.c_scores.items()},
+                       "probe_test_accuracy": test_acc, "fit_seconds": time.time() - t0,
+                       "_frames": kd_frames}
+            log_line(out_dir, f"probe on {'+'.join(kd_desc['teachers'])}: C={probes.c:g}, "
+                              f"out-of-fold train acc {probes.oof_accuracy:.3f}, held-out acc "
+                              f"{test_acc:.3f}")
     prep = Prepared(dataset, waves, train_idx, test_idx, crop_samples, teacher_frames,
                     teacher_info, probes, kd_info, stats.as_dict())
     if cfg.kd_mixtures > 0:
         prepare_mixtures(prep, cfg, clips, rate, cache, stats, get_teacher, progress)
         prep.cache_stats = stats.as_dict()
+    if pool is not None:
+        items, held_out_dropped = pool
+        unlabeled, bad = load_waveforms(items, rate, skip_unreadable=cfg.skip_unreadable,
+                                        progress=progress)
+        prep.unlabeled_waves = [w for w in unlabeled if w is not None]
+        prep.unlabeled_report = {
+            "sources": list(cfg.unlabeled), "items": len(prep.unlabeled_waves),
+            "hours": round(sum(len(w) for w in prep.unlabeled_waves) / rate / 3600, 3),
+            "held_out_clips_left_out": held_out_dropped, "unreadable_skipped": bad}
+        log_line(out_dir, f"unlabeled pool: {len(prep.unlabeled_waves)} clips "
+                          f"({prep.unlabeled_report['hours']:.2f} h) from "
+                          f"{', '.join(cfg.unlabeled)}")
     return prep
+
+
+def unlabeled_pool(cfg: TrainConfig, dataset: Dataset) -> tuple[list[Item], int]:
+    """The items of the contrastive pool and how many held-out clips were left out of it (an
+    unlabeled folder may hold the evaluation clips: they never train the student)."""
+    _, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    held_out = {os.path.realpath(dataset.items[i].path) for i in test_idx}
+    held_out_fold = (dataset.items[test_idx[0]].fold
+                     if dataset.has_folds and len(test_idx) else None)
+    rest = load_run_dataset(cfg)[1] if UNLABELED_REST in cfg.unlabeled else None
+    items = unlabeled_items(cfg.unlabeled, rest, held_out_fold)
+    kept = [item for item in items if os.path.realpath(item.path) not in held_out]
+    if not kept:
+        raise DatasetError(f"--unlabeled {' '.join(cfg.unlabeled)}: every clip is a held-out "
+                           f"clip; nothing is left to learn from")
+    return kept, len(items) - len(kept)
 
 
 def mixture_wave(waves: list, i: int, j: int, lam: float, offset: int) -> np.ndarray:
@@ -389,9 +484,12 @@ class RunModules:
         self.reg = Regularizer(cfg.reg, teacher_dim, emb_dim) if cfg.reg != "none" else None
         self.fusion = FusionHead(cfg.method, teacher_dim, emb_dim, n_classes,
                                  self.student.config.dropout) if cfg.method != "student" else None
+        # training only: not part of the student, so never exported
+        self.projection = ProjectionHead(emb_dim) if cfg.contrastive else None
 
     def aux_modules(self) -> dict:
-        return {k: m for k, m in (("reg", self.reg), ("fusion", self.fusion)) if m is not None}
+        return {k: m for k, m in (("reg", self.reg), ("fusion", self.fusion),
+                                  ("projection", self.projection)) if m is not None}
 
     def parameters(self):
         params = list(self.student.parameters())
@@ -486,7 +584,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "ce", "kd", "reg"):
+    for key in ("loss", "ce", "kd", "reg", "contrastive"):
         values = [h.get(key) for h in history]
         if any(v for v in values):
             ax1.plot(epochs, values, label=key)
@@ -540,6 +638,7 @@ def plot_confusion(confusion, labels: list, path: Path, title: str = "") -> None
 
 def _check_resume_config(stored: dict, cfg: TrainConfig) -> None:
     new = cfg.to_dict()
+    stored = TrainConfig.from_dict(stored).to_dict()  # settings added since: their defaults
     differ = [k for k in new if k not in ("epochs", "eval_every") and stored.get(k) != new[k]]
     if differ:
         raise TrainError("--resume with settings that differ from the run's: "
@@ -582,7 +681,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
     write_json(out_dir / "data_report.json",
                {**dataset.report(), "train_items": int(len(prep.train_idx)),
                 "test_items": int(len(prep.test_idx)),
-                "test_fold": cfg.fold, "cache": prep.cache_stats})
+                "test_fold": cfg.fold, "cache": prep.cache_stats,
+                **({"unlabeled": prep.unlabeled_report} if prep.unlabeled_report else {})})
     if dataset.skipped:
         log_line(out_dir, f"{len(dataset.skipped)} file(s) skipped, listed in "
                           f"{out_dir / 'data_report.json'}")
@@ -595,11 +695,15 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
     rate = student.frontend.spec.sample_rate
     train_idx, test_idx = prep.train_idx, prep.test_idx
     batch_size = min(cfg.batch_size, len(train_idx))
-    steps_per_epoch = max(1, len(train_idx) // batch_size)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_idx) // batch_size)
     frontend_settings = student_frontend_settings(cfg.student)
     window_frames = student.frontend.spec.n_frames(prep.crop_samples)
     alpha = cfg.resolved_alpha()
     kd_frames = prep.kd_info["_frames"] if prep.kd_info else None
+    contrastive_warmup = cfg.resolved_contrastive_warmup()
+
+    def pooled_embedding(wave: torch.Tensor) -> torch.Tensor:
+        return network.embed(training_features(student, wave)).mean(dim=1)
 
     history: list[dict] = []
     start_epoch, train_seconds = 0, 0.0
@@ -632,8 +736,15 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
         rng = np.random.default_rng([cfg.seed, epoch])
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         modules.train(True)
-        order = train_idx[rng.permutation(len(train_idx))]
+        order = epoch_order(train_idx, steps_per_epoch * batch_size, rng)
         sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "reg": 0.0}
+        contrastive_on = prep.unlabeled_waves is not None and epoch > contrastive_warmup
+        if cfg.contrastive:
+            sums["contrastive"] = 0.0
+        if contrastive_on:
+            con_rng = np.random.default_rng([cfg.seed, epoch, CONTRASTIVE_STREAM])
+            unlabeled_order = epoch_order(np.arange(len(prep.unlabeled_waves)),
+                                          steps_per_epoch * batch_size, con_rng)
         correct = seen = 0
         bar = None
         if progress:
@@ -695,6 +806,14 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                                   cfg.kd_temperature)
             loss_reg = modules.reg(l, v) if modules.reg is not None else logits.sum() * 0.0
             loss = (1.0 - cfg.kd) * ce + cfg.kd * loss_kd + alpha * loss_reg
+            if contrastive_on:
+                u_idx = unlabeled_order[step * batch_size:(step + 1) * batch_size]
+                u_crops = make_crops(prep.unlabeled_waves, u_idx, prep.crop_samples, rate,
+                                     con_rng, gain_db=cfg.gain_db)
+                loss_con = mixed_view_loss(pooled_embedding, modules.projection, crops.waves,
+                                           u_crops.waves, rate, con_rng)
+                loss = loss + cfg.contrastive_weight * loss_con
+                sums["contrastive"] += loss_con.item()
             if not torch.isfinite(loss):
                 raise TrainError(f"loss became {loss.item()} at epoch {epoch}, step {step} "
                                  f"(try a lower --lr)")
@@ -726,9 +845,10 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                                                         torch.from_numpy(t)))
         history.append(record)
         save(epoch, {"last_epoch": record})
+        con = f"  contrastive {record['contrastive']:.4f}" if "contrastive" in record else ""
         log_line(out_dir, "epoch {epoch:3d}  loss {loss:.4f}  ce {ce:.4f}  kd {kd:.4f}  "
-                          "reg {reg:.4f}  train acc {train_acc:.3f}  held-out acc {ta}  "
-                          "({seconds:.0f} s)".format(**record,
+                          "reg {reg:.4f}{con}  train acc {train_acc:.3f}  held-out acc {ta}  "
+                          "({seconds:.0f} s)".format(**record, con=con,
                                                      ta=f"{record['test_acc']:.3f}"
                                                      if "test_acc" in record else "-"))
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
@@ -761,6 +881,9 @@ def finish(cfg, out_dir: Path, modules: RunModules, prep: Prepared, history: lis
         "teachers": prep.teacher_info, "reg": cfg.reg, "alpha": cfg.resolved_alpha(),
         "method": cfg.method,
         "kd": {k: v for k, v in (prep.kd_info or {}).items() if not k.startswith("_")} or None,
+        **({"contrastive": {"weight": cfg.contrastive_weight, "tau": TAU,
+                            "warmup_epochs": cfg.resolved_contrastive_warmup(),
+                            "unlabeled": prep.unlabeled_report}} if cfg.contrastive else {}),
         "cache": prep.cache_stats, "history": history, "config": cfg.to_dict(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     })
@@ -787,7 +910,8 @@ def train_cv(cfg: TrainConfig, folds: list[int], out_dir, *, resume: bool = Fals
     ``cv.png`` summarise them. Finished folds are reused when resuming."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(cfg.data, cfg.recipe)
+    cfg.validate()
+    dataset = load_run_dataset(cfg)[0]
     rate = int(student_frontend_settings(cfg.student)["sample_rate"])
     waves, bad = load_waveforms(dataset.items, rate, skip_unreadable=cfg.skip_unreadable,
                                 progress=progress)
@@ -849,7 +973,7 @@ def evaluate_run(run_dir, data: str | None = None, recipe: str | None = None,
     if data is None:
         if not cfg.data:
             raise TrainError(f"{run_dir}: the checkpoint does not record its data; pass --data")
-        dataset = load_dataset(cfg.data, cfg.recipe)
+        dataset = load_run_dataset(cfg)[0]
         dataset, waves = drop_items(dataset, *load_waveforms(
             dataset.items, rate, skip_unreadable=cfg.skip_unreadable, progress=progress))
         _, indices = split_indices(dataset, cfg.fold, seed=cfg.seed,
@@ -873,7 +997,7 @@ def evaluate_run(run_dir, data: str | None = None, recipe: str | None = None,
         else:
             indices = np.arange(len(dataset.items))
     modules = RunModules.__new__(RunModules)
-    modules.student, modules.reg, modules.fusion = student, None, None
+    modules.student, modules.reg, modules.fusion, modules.projection = student, None, None, None
     logits = predict(modules, waves, indices)
     report = classification_report(dataset.targets[indices], logits.argmax(1), labels)
     out = Path(out) if out else run_dir

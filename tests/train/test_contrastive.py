@@ -85,3 +85,136 @@ def test_projection_head_is_unit_norm_64d():
     z = head(torch.randn(5, 96))
     assert z.shape == (5, 64)
     assert torch.allclose(z.norm(dim=-1), torch.ones(5), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- in training
+# A tiny student on real clips: 3 ESC-50 classes (folds 1 and 2) labeled, real speech and drum
+# one-shots unlabeled (another domain).
+
+from edgeaudio.train.checkpoint import load_checkpoint  # noqa: E402
+from edgeaudio.train.data import (DatasetError, load_esc50, select_classes,  # noqa: E402
+                                  unlabeled_items)
+from edgeaudio.train.loop import TrainConfig, TrainError, train  # noqa: E402
+
+from ..conftest import SHARED, esc50_clip, esc50_rows  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def labeled_csv(esc50, tmp_path_factory):
+    rows = []
+    for cat in ("dog", "rooster", "rain"):
+        mine = [r for r in esc50_rows() if r["category"] == cat]
+        rows += [r for r in mine if r["fold"] == "1"][:2] + \
+            [r for r in mine if r["fold"] == "2"][:2]
+    path = tmp_path_factory.mktemp("labeled") / "labels.csv"
+    path.write_text("path,label,fold\n" + "".join(
+        f"{esc50_clip(r['filename'])},{r['category']},{r['fold']}\n" for r in rows))
+    return path
+
+
+def other_domain_folder(root):
+    """3 spoken digits and 3 drum one-shots, nested (the pool is searched recursively)."""
+    fsdd, drums = SHARED / "data" / "fsdd" / "recordings", SHARED / "data" / "drums" / "drumkits"
+    if not fsdd.is_dir() or not drums.is_dir():
+        pytest.skip(f"FSDD / drums not found under {SHARED / 'data'}")
+    import shutil
+    for clip in sorted(fsdd.glob("*.flac"))[:3]:
+        (root / "speech").mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip, root / "speech" / clip.name)
+    for clip in sorted(drums.rglob("*.flac"))[:3]:
+        (root / "drums" / clip.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip, root / "drums" / clip.parent.name / clip.name)
+    (root / "notes.txt").write_text("not audio: ignored")
+    return root
+
+
+@pytest.fixture(scope="module")
+def unlabeled_dir(tmp_path_factory):
+    return other_domain_folder(tmp_path_factory.mktemp("unlabeled"))
+
+
+def tiny_config(data, **kw):
+    base = dict(data=str(data), fold=2, student="tiny", epochs=3, batch_size=4, crop_seconds=1.0,
+                seed=2, warmup_epochs=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def run(cfg, out, **kw):
+    torch.set_num_threads(1)
+    return train(cfg, out, progress=False, **kw)
+
+
+def test_contrastive_training_resumes_exactly_and_keeps_the_head_out_of_the_student(
+        labeled_csv, unlabeled_dir, tmp_path):
+    cfg = tiny_config(labeled_csv, contrastive=True, unlabeled=[str(unlabeled_dir)],
+                      contrastive_warmup=1)
+    full = run(cfg, tmp_path / "full")
+    assert run(cfg, tmp_path / "killed", stop_after_epoch=2) == {"stopped_after_epoch": 2}
+    resumed = run(cfg, tmp_path / "killed", resume=True)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+    for key, value in a["train_state"]["aux"]["projection"].items():
+        assert torch.equal(value, b["train_state"]["aux"]["projection"][key]), key
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(full["history"]) == strip(resumed["history"])
+    # a warm-up epoch on labels alone, then the NT-Xent term
+    assert [e["contrastive"] for e in full["history"]][0] == 0.0
+    assert all(e["contrastive"] > 0 for e in full["history"][1:])
+    assert full["contrastive"]["unlabeled"]["items"] == 6
+    assert full["contrastive"]["warmup_epochs"] == 1 and full["contrastive"]["weight"] == 0.05
+    # the projection head trains alongside but is no part of the student (nor of an export)
+    assert not any(k.startswith(("fc.", "bn.", "projection")) for k in a["model_state"])
+    assert set(a["train_state"]["aux"]["projection"]) >= {"fc.weight", "bn.running_mean"}
+
+
+def test_during_warm_up_a_contrastive_run_is_the_plain_run(labeled_csv, unlabeled_dir,
+                                                           tmp_path):
+    plain = tiny_config(labeled_csv)
+    contrastive = tiny_config(labeled_csv, contrastive=True, unlabeled=[str(unlabeled_dir)],
+                              contrastive_warmup=2)
+    run(plain, tmp_path / "plain", stop_after_epoch=2)
+    run(contrastive, tmp_path / "contrastive", stop_after_epoch=2)
+    a = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "contrastive" / "checkpoint.pt")
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+    assert "contrastive" not in a["train_state"]["history"][0]
+
+
+def test_held_out_clips_never_join_the_unlabeled_pool(labeled_csv, tmp_path):
+    # the labeled CSV itself as the unlabeled pool: its fold-2 (held-out) clips are left out
+    cfg = tiny_config(labeled_csv, epochs=2, contrastive=True, unlabeled=[str(labeled_csv)],
+                      contrastive_warmup=0)
+    metrics = run(cfg, tmp_path / "r")
+    assert metrics["contrastive"]["unlabeled"]["items"] == 6
+    assert metrics["contrastive"]["unlabeled"]["held_out_clips_left_out"] == 6
+
+
+def test_esc10_labeled_and_esc40_unlabeled_from_the_training_folds(esc50):
+    dataset = load_esc50(esc50)
+    esc10, rest = select_classes(dataset, "esc10")
+    assert len(esc10.labels) == 10 and len(esc10.items) == 400
+    assert {"dog", "rooster", "rain", "crying_baby", "chainsaw"} <= set(esc10.labels)
+    assert len(rest.labels) == 40 and len(rest.items) == 1600
+    pool = unlabeled_items(["rest"], rest, held_out_fold=1)
+    assert len(pool) == 1280 and all(item.fold != 1 for item in pool)
+    labeled = {item.path for item in esc10.items}
+    assert not any(item.path in labeled for item in pool)
+    two, _ = select_classes(dataset, "dog, rain")
+    assert two.labels == ["dog", "rain"] and len(two.items) == 80
+    with pytest.raises(DatasetError, match="unknown class"):
+        select_classes(dataset, "dog,unicorn")
+    assert select_classes(dataset, None)[0] is dataset
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(contrastive=True), "--contrastive needs unlabeled audio"),
+    (dict(unlabeled=["x"]), "--unlabeled is used by --contrastive only"),
+    (dict(contrastive=True, unlabeled=["rest"]), "give --classes"),
+    (dict(contrastive=True, unlabeled=["x"], contrastive_warmup=3), "leaves no epoch"),
+])
+def test_contrastive_settings_that_cannot_run(kw, message, tmp_path):
+    with pytest.raises(TrainError, match=message):
+        tiny_config(tmp_path, **kw).validate()

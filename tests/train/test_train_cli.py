@@ -80,6 +80,8 @@ def test_train_then_evaluate_on_real_clips_with_a_real_teacher(small_csv, tmp_pa
     (["train", "--data", ".", "--teacher", "vggish", "--reg", "con"], "unknown teacher 'vggish'"),
     (["train", "--data", ".", "--reg", "con"], "needs at least one --teacher"),
     (["train", "--data", ".", "--student", "huge"], "unknown student 'huge'"),
+    (["train", "--data", ".", "--contrastive"], "--contrastive needs unlabeled audio"),
+    (["train", "--data", ".", "--contrastive", "--unlabeled", "rest"], "give --classes"),
     (["evaluate", "/nonexistent/run"], "checkpoint not found"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
@@ -95,3 +97,41 @@ def test_bad_dataset_error_names_the_file(tmp_path):
                                        str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "labels.csv line 2: audio file not found" in result.output
+
+
+@pytest.fixture(scope="module")
+def unlabeled_folder(tmp_path_factory):
+    from .test_contrastive import other_domain_folder
+    return other_domain_folder(tmp_path_factory.mktemp("unlabeled"))
+
+
+def test_contrastive_run_with_con_reg_and_kd_on_real_clips(small_csv, unlabeled_folder,
+                                                           tmp_path):
+    env = {"EDGEAUDIO_CACHE": str(tmp_path / "cache"), "OMP_WAIT_POLICY": "PASSIVE"}
+    out = tmp_path / "run"
+    result = invoke("train", "--data", small_csv, "--fold", 2, "--student", "tiny",
+                    "--teacher", "yamnet", "--reg", "con", "--kd", 0.5, "--kd-teacher", "yamnet",
+                    "--contrastive", "--unlabeled", unlabeled_folder / "speech",
+                    "--unlabeled", unlabeled_folder / "drums", "--contrastive-warmup", 1,
+                    "--epochs", 2, "--batch-size", 4, "--crop", 1.0, "--out", out, "--quiet",
+                    env=env)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    first, second = metrics["history"]
+    assert first["contrastive"] == 0.0 and second["contrastive"] > 0
+    assert second["reg"] > 0 and second["kd"] > 0
+    assert "test_acc" in first and "test_acc" in second  # held-out accuracy every epoch
+    assert metrics["contrastive"]["unlabeled"]["items"] == 6
+    assert json.loads((out / "data_report.json").read_text())["unlabeled"]["items"] == 6
+    assert "contrastive 0.0000" in (out / "train.log").read_text()
+
+
+def test_an_unlabeled_folder_without_audio_is_a_one_line_error(small_csv, tmp_path):
+    empty = tmp_path / "no-audio"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no recordings here")
+    result = CliRunner().invoke(main, ["train", "--data", str(small_csv), "--contrastive",
+                                       "--unlabeled", str(empty), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert f"--unlabeled {empty}: no audio files" in result.output
