@@ -53,6 +53,10 @@ def _default_out(cfg, folds) -> Path:
         parts.append("+".join(cfg.teachers))
     if cfg.kd:
         parts.append(f"kd{cfg.kd:g}")
+    if cfg.classes:
+        parts.append(cfg.classes.replace(",", "+"))
+    if cfg.contrastive:
+        parts.append("contrastive")
     if folds:
         parts.append(f"folds{folds[0]}-{folds[-1]}")
     elif cfg.fold is not None:
@@ -95,6 +99,18 @@ def _default_out(cfg, folds) -> Path:
                    "teachers once, cached); they replace batch mixup. 0: off.")
 @click.option("--mixture-prob", type=click.FloatRange(0, 1), default=0.8, show_default=True,
               help="With --kd-mixtures: chance that a clip is drawn as one of its mixtures.")
+@click.option("--classes", default=None, help="Train on these classes only: comma-separated "
+              "names, or esc10 (the ESC-10 subset of the ESC-50 recipe).")
+@click.option("--contrastive", is_flag=True, help="Cross-domain contrastive regularization "
+              "(Lee & Lee) with the --unlabeled audio.")
+@click.option("--unlabeled", multiple=True, help="With --contrastive: unlabeled audio, a folder "
+              "(searched recursively) or a CSV (labels ignored); 'rest' = the clips outside "
+              "--classes, held-out fold excluded. Repeatable.")
+@click.option("--contrastive-weight", type=click.FloatRange(0), default=0.05, show_default=True,
+              help="Weight of the NT-Xent term.")
+@click.option("--contrastive-warmup", type=click.IntRange(0), default=None,
+              help="Epochs on labels alone before the contrastive term (default: 10 % of "
+                   "--epochs).")
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
@@ -106,6 +122,11 @@ def _default_out(cfg, folds) -> Path:
 @click.option("--no-specaugment", is_flag=True, help="Turn SpecAugment off.")
 @click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
               show_default=True, help="Use this stratified share of the training clips.")
+@click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
+              help="Optimizer steps per epoch (default: one pass over the training clips; "
+                   "more reshuffles them again).")
+@click.option("--eval-every", type=click.IntRange(1), default=1, show_default=True,
+              help="Held-out accuracy every this many epochs (and after the last).")
 @click.option("--skip-unreadable", is_flag=True,
               help="Skip unreadable audio (listed in data_report.json) instead of stopping.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -122,7 +143,8 @@ def _default_out(cfg, folds) -> Path:
 def train_command(data, recipe, fold, folds, student, views, blend, blend_every, teachers, reg, alpha, method, kd,
                   kd_teachers, kd_temperature, kd_mixtures, mixture_prob, epochs, batch_size, lr, seed, crop_seconds,
                   mixup, no_specaugment, train_fraction, skip_unreadable, out, resume, threads,
-                  stop_after, quiet):
+                  stop_after, quiet, classes, contrastive, unlabeled, contrastive_weight,
+                  contrastive_warmup, steps_per_epoch, eval_every):
     """Train a student (teachers shape it at training time only).
 
     \b
@@ -133,6 +155,8 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
           --student small --teacher yamnet --teacher efficientat --reg con --out runs/f1
       edgeaudio train --data ../shared/data/esc50 --recipe esc50 --folds 1-5 \\
           --teacher yamnet --teacher efficientat --reg con --kd 0.7 --out runs/cv
+      edgeaudio train --data ../shared/data/esc50 --recipe esc50 --classes esc10 \\
+          --contrastive --unlabeled rest --out runs/esc10-contrastive   # ESC-40 unlabeled
       edgeaudio train --out runs/f1 --resume ...      # same flags; continues a killed run
       edgeaudio train --list-students / --list-teachers
     Then: edgeaudio evaluate RUN, edgeaudio export RUN --int8.
@@ -145,6 +169,9 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
     if not data:
         raise UsageError("--data is required (a folder of class sub-folders, a CSV, or the "
                          "ESC-50 folder with --recipe esc50)")
+    if student == "multiview" and (contrastive or unlabeled or classes):
+        raise UsageError("--contrastive, --unlabeled and --classes train the harmonic students, "
+                         "not --student multiview")
     if student == "multiview":
         if teachers or kd_teachers or kd or reg != "none" or method != "student" or folds:
             raise UsageError("--student multiview trains without teachers (--teacher, --reg, "
@@ -187,7 +214,11 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
                       epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       crop_seconds=crop_seconds, mixup=mixup,
                       specaugment=not no_specaugment, train_fraction=train_fraction,
-                      skip_unreadable=skip_unreadable)
+                      skip_unreadable=skip_unreadable, classes=classes,
+                      contrastive=contrastive, unlabeled=list(unlabeled),
+                      contrastive_weight=contrastive_weight,
+                      contrastive_warmup=contrastive_warmup, steps_per_epoch=steps_per_epoch,
+                      eval_every=eval_every)
     fold_list = parse_folds(folds)
     out = Path(out) if out else _default_out(cfg, fold_list)
     progress = not quiet
