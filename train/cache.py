@@ -117,11 +117,16 @@ class EmbeddingCache:
 
 
 def split_teacher_names(names: Sequence[str]) -> list[str]:
-    """["yamnet", "efficientat"] or ["yamnet+efficientat"] -> ["yamnet", "efficientat"]."""
+    """["yamnet", "efficientat"] or ["yamnet+efficientat"] -> ["yamnet", "efficientat"].
+    Registry names are lower-cased; the path of a fitted teacher is kept as it is."""
+    from .teachers.base import is_fitted_teacher_path
+
     parts = []
     for name in names:
-        for part in str(name).split("+"):
-            part = part.strip().lower()
+        pieces = [name] if is_fitted_teacher_path(name) else str(name).split("+")
+        for part in pieces:
+            part = str(part).strip()
+            part = part if is_fitted_teacher_path(part) else part.lower()
             if part and part not in parts:
                 parts.append(part)
     return parts

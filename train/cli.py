@@ -15,6 +15,7 @@ import click
 from edgeaudio.errors import EdgeAudioError
 
 from .losses import METHODS, REGULARIZERS
+from .teacher_fit import teacher_group  # noqa: F401  (mounted as `edgeaudio teacher`)
 
 
 class UsageError(EdgeAudioError):
@@ -42,6 +43,7 @@ def _list_teachers(ctx, param, value):
              "efficientat": "EfficientAT mn04_as (AudioSet, 384-d every 0.32 s; alias mn04)"}
     for name in list_teachers():
         click.echo(f"{name:12s} {notes.get(name, '')}")
+    click.echo("DIR          a teacher fitted by `edgeaudio teacher fit` (its folder)")
     click.echo("combine with '+' (yamnet+efficientat) or repeat --teacher")
     ctx.exit(0)
 
@@ -50,7 +52,7 @@ def _default_out(cfg, folds) -> Path:
     stem = Path(cfg.data.rstrip("/")).stem or "data"
     parts = [stem, cfg.student, cfg.reg]
     if cfg.teachers:
-        parts.append("+".join(cfg.teachers))
+        parts.append("+".join(Path(t).name for t in cfg.teachers))
     if cfg.kd:
         parts.append(f"kd{cfg.kd:g}")
     if cfg.classes:
@@ -199,10 +201,12 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
         raise UsageError(f"unknown student {student!r} (known: {', '.join(STUDENTS)})")
     from .teachers.base import list_teachers
     from .cache import split_teacher_names
+    from .teachers.base import is_fitted_teacher_path
     known = set(list_teachers()) | {"mn04", "mn04_as"}
     for name in split_teacher_names(list(teachers) + list(kd_teachers)):
-        if name not in known:
-            raise UsageError(f"unknown teacher {name!r} (known: {', '.join(list_teachers())})")
+        if name not in known and not is_fitted_teacher_path(name):
+            raise UsageError(f"unknown teacher {name!r} (known: {', '.join(list_teachers())}, "
+                             f"or the folder of a fitted teacher: edgeaudio teacher fit)")
     if reg != "none" and not teachers:
         raise UsageError(f"--reg {reg} needs at least one --teacher")
     if folds and fold is not None:

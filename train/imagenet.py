@@ -40,10 +40,9 @@ Three pieces, all plain torch (no torchvision, no torchaudio):
     front end + backbone + a new head: waveform -> logits for fine-tuning on a sound task
     (Adam, lr 1e-4, weight decay 1e-3 in the paper), ``embed`` -> an embedding sequence
     ``[B, T', C]`` (feature map averaged over frequency: one frame per 32 input frames, 0.64 s
-    at the default 50 frames/s); its mean over time is exactly the classifier's input. The
-    ``edgeaudio.train.teachers.imagenet.ImageNetCNNTeacher`` wraps fine-tuned ones (a deep
-    ensemble) as a teacher; ``save_imagenet_member`` / ``load_imagenet_member`` write and read
-    one member's checkpoint.
+    at the default 50 frames/s); its mean over time is exactly the classifier's input.
+    ``edgeaudio teacher fit`` (``edgeaudio.train.teacher_fit``) fine-tunes them into a deep
+    ensemble that ``edgeaudio.train.teachers.fitted.FittedTeacher`` wraps as a teacher.
 """
 from __future__ import annotations
 
@@ -613,8 +612,16 @@ class ImageNetAudioClassifier(nn.Module):
     def pooled(self, wave: torch.Tensor) -> torch.Tensor:
         return self.backbone.pool(self.feature_map(wave))
 
+    def logits_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.backbone.logits_from_pooled(pooled)
+
+    @property
+    def linear_head(self) -> nn.Linear:
+        """The head: one linear layer on ``pooled`` (its rows are class vectors)."""
+        return self.backbone.classifier
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.backbone.logits_from_pooled(self.pooled(wave))
+        return self.logits_from_pooled(self.pooled(wave))
 
     def parameter_groups(self, freeze_blocks: int = 0) -> list[nn.Parameter]:
         """Trainable parameters with the stem and the first ``freeze_blocks`` blocks frozen
@@ -643,48 +650,6 @@ class ImageNetAudioClassifier(nn.Module):
         for module in getattr(self, "_frozen_modules", []):
             module.eval()
         return self
-
-
-MEMBER_FORMAT = "edgeaudio-imagenet-member"
-
-
-def save_imagenet_member(path: str | os.PathLike, model: ImageNetAudioClassifier,
-                         labels: Sequence[str], metrics: dict | None = None,
-                         config: dict | None = None) -> Path:
-    """One fine-tuned model, written atomically: settings, labels, state_dict, metrics."""
-    if len(labels) != model.n_classes:
-        raise ValueError(f"{len(labels)} labels for a model with {model.n_classes} classes")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": MEMBER_FORMAT, "format_version": 1, **model.settings(),
-               "pretrained": bool(model.pretrained), "labels": list(labels),
-               "model_state": model.state_dict(), "metrics": dict(metrics or {}),
-               "config": dict(config or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_imagenet_member(path: str | os.PathLike) -> tuple[ImageNetAudioClassifier, dict]:
-    """A fine-tuned member written by ``save_imagenet_member`` -> (model in eval mode, payload
-    without the state)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ImageNet teacher member not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read (truncated or corrupt?): {str(exc)[:200]}") \
-            from exc
-    if not isinstance(payload, dict) or payload.get("format") != MEMBER_FORMAT:
-        raise ValueError(f"{path}: not an edgeaudio ImageNet teacher member")
-    model = ImageNetAudioClassifier(payload["arch"], payload["n_classes"], pretrained=False,
-                                    frontend=payload["frontend"])
-    model.load_state_dict(payload["model_state"], strict=True)
-    model.pretrained = bool(payload.get("pretrained"))
-    info = {k: v for k, v in payload.items() if k != "model_state"}
-    return model.eval(), info
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:

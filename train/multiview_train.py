@@ -39,7 +39,8 @@ from edgeaudio.errors import EdgeAudioError
 
 from .blending import plot_weights
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import drop_items, load_dataset, load_waveforms, make_crops, split_indices
+from .data import (clip_batches, drop_items, load_dataset, load_waveforms, make_crops,
+                   split_indices)
 from .loop import (classification_report, log_line, lr_factor, plot_confusion, plot_curves,
                    spec_augment, write_json)
 from .multiview import (JOINT, MultiViewNet, MultiViewObjective, describe_costs,
@@ -129,22 +130,6 @@ def blend_validation_split(targets: np.ndarray, train_idx: np.ndarray, fraction:
             val.append(rng.choice(idx, size=k, replace=False))
     val = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
     return np.setdiff1d(train_idx, val), val
-
-
-def clip_batches(waves: list, indices: np.ndarray, min_samples: int, batch_size: int = 32):
-    """Whole clips (zero-padded to ``min_samples``) in batches of equal length:
-    yields (positions into ``indices``, waveform batch ``[b, S]``)."""
-    by_length: dict[int, list[int]] = {}
-    for pos, idx in enumerate(indices):
-        by_length.setdefault(max(len(waves[idx]), min_samples), []).append(pos)
-    for length, positions in sorted(by_length.items()):
-        for start in range(0, len(positions), batch_size):
-            chunk = positions[start:start + batch_size]
-            batch = np.zeros((len(chunk), length), dtype=np.float32)
-            for row, pos in enumerate(chunk):
-                wave = waves[indices[pos]]
-                batch[row, :len(wave)] = wave
-            yield chunk, torch.from_numpy(batch)
 
 
 @torch.no_grad()

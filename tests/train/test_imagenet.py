@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch", reason="the train room needs torch")
 from edgeaudio.train.imagenet import (  # noqa: E402
     DenseNet121, EfficientNetLite0, ImageNetAudioClassifier, MultiResolutionLogMel,
     efficientnet_lite0_weights_path, imagenet_image_tensor, load_densenet121_checkpoint,
-    load_efficientnet_lite0_imagenet, load_imagenet_member, save_imagenet_member,
-    torchvision_densenet_state)
+    load_efficientnet_lite0_imagenet, torchvision_densenet_state)
 from edgeaudio.train.teachers.base import TeacherWeightsError  # noqa: E402
+from edgeaudio.train.teachers.fitted import load_member, save_member  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -200,21 +200,22 @@ def test_audio_classifier_embeddings_pool_to_the_head_input():
 
 
 def test_imagenet_teacher_wraps_a_fine_tuned_ensemble(tmp_path):
-    from edgeaudio.train.teachers.imagenet import ImageNetCNNTeacher, load_imagenet_teacher
+    from edgeaudio.train.teachers.base import get_teacher
+    from edgeaudio.train.teachers.fitted import FittedTeacher
 
     labels = ["dog", "rain", "siren"]
     members = []
     for seed in range(2):
         torch.manual_seed(seed)
         model = ImageNetAudioClassifier("efficientnet_lite0", 3, pretrained=False)
-        save_imagenet_member(tmp_path / "ens" / f"member-{seed}.pt", model, labels,
+        save_member(tmp_path / "ens" / f"member-{seed}.pt", model, labels,
                              metrics={"seed": seed})
         members.append(model.eval())
-    reloaded, info = load_imagenet_member(tmp_path / "ens" / "member-1.pt")
+    reloaded, info = load_member(tmp_path / "ens" / "member-1.pt")
     assert info["labels"] == labels and info["metrics"] == {"seed": 1}
 
-    teacher = load_imagenet_teacher(tmp_path / "ens")
-    assert isinstance(teacher, ImageNetCNNTeacher)
+    teacher = get_teacher(str(tmp_path / "ens"))  # a folder of members is a teacher name
+    assert isinstance(teacher, FittedTeacher)
     assert (teacher.sample_rate, teacher.dim, teacher.class_names) == (16000, 2560, labels)
     assert teacher.hop_seconds == pytest.approx(0.64)
     rng = np.random.default_rng(0)
@@ -234,19 +235,19 @@ def test_imagenet_teacher_wraps_a_fine_tuned_ensemble(tmp_path):
     assert teacher.cache_identity()["members"] == 2
     with pytest.raises(NotImplementedError):
         teacher.event_vectors()
-    single = ImageNetCNNTeacher(tmp_path / "ens" / "member-0.pt")
+    single = FittedTeacher(tmp_path / "ens" / "member-0.pt")
     assert single.event_vectors().shape == (3, 1280) and single.dim == 1280
     assert single.weights_hash != teacher.weights_hash
 
     other = ImageNetAudioClassifier("efficientnet_lite0", 2, pretrained=False)
-    save_imagenet_member(tmp_path / "ens" / "member-9.pt", other, ["a", "b"])
+    save_member(tmp_path / "ens" / "member-9.pt", other, ["a", "b"])
     with pytest.raises(TeacherWeightsError, match="must agree"):
-        ImageNetCNNTeacher(tmp_path / "ens")
+        FittedTeacher(tmp_path / "ens")
     with pytest.raises(TeacherWeightsError, match="not found"):
-        ImageNetCNNTeacher(tmp_path / "nowhere")
+        FittedTeacher(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TeacherWeightsError, match="no fine-tuned member"):
-        ImageNetCNNTeacher(tmp_path / "empty")
+        FittedTeacher(tmp_path / "empty")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TeacherWeightsError, match="cannot read"):
-        ImageNetCNNTeacher(tmp_path / "junk.pt")
+        FittedTeacher(tmp_path / "junk.pt")

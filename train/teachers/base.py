@@ -209,20 +209,42 @@ _FACTORIES: dict[str, Callable[..., Teacher]] = {
 _ALIASES = {"mn04": "efficientat", "mn04_as": "efficientat"}
 
 
+def _load_fitted(path: str) -> Teacher:
+    from .fitted import FittedTeacher
+    return FittedTeacher(path)
+
+
+def is_fitted_teacher_path(spec: str) -> bool:
+    """True when a teacher name is the path of a fitted teacher (a folder written by
+    ``edgeaudio teacher fit``, or one member ``.pt`` file) rather than a registry name."""
+    name = str(spec).strip()
+    if name.lower() in _FACTORIES or name.lower() in _ALIASES:
+        return False
+    path = Path(name)
+    return path.is_dir() or (path.is_file() and path.suffix == ".pt")
+
+
 def list_teachers() -> list[str]:
     """Canonical teacher names (aliases such as "mn04" also work in ``get_teacher``)."""
     return sorted(_FACTORIES)
 
 
 def get_teacher(name: str, shared_dir: str | os.PathLike | None = None) -> Teacher:
-    """A teacher by name; "a+b" gives the ConcatTeacher of a and b (time of a)."""
-    parts = [part.strip().lower() for part in name.split("+")]
+    """A teacher by name, or by the path of a fitted teacher (``edgeaudio teacher fit``'s
+    folder); "a+b" gives the ConcatTeacher of a and b (time of a)."""
+    if is_fitted_teacher_path(name):  # the whole name first: a path may hold a "+"
+        return _load_fitted(str(name).strip())
+    parts = [part.strip() for part in name.split("+")]
     teachers = []
     for part in parts:
-        canonical = _ALIASES.get(part, part)
+        if is_fitted_teacher_path(part):
+            teachers.append(_load_fitted(part))
+            continue
+        canonical = _ALIASES.get(part.lower(), part.lower())
         if canonical not in _FACTORIES:
             known = ", ".join(list_teachers() + sorted(_ALIASES))
-            raise ValueError(f"unknown teacher {part!r}; known: {known}")
+            raise ValueError(f"unknown teacher {part!r}; known: {known}, or the folder of a "
+                             f"fitted teacher (edgeaudio teacher fit)")
         teachers.append(_FACTORIES[canonical](shared_dir))
     return teachers[0] if len(teachers) == 1 else ConcatTeacher(teachers)
 

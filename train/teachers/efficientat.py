@@ -248,6 +248,86 @@ class MobileNetV3Audio(nn.Module):
         return self.classifier(feature_map), feature_map
 
 
+class EfficientATClassifier(nn.Module):
+    """mn04 for fine-tuning on a sound task: 32 kHz waveform ``[B, S]`` -> logits.
+
+    EfficientAT's own way to a new task (models/mn/model.py drops only ``classifier.5`` when
+    the class count differs): the AudioSet network whole, its MLP head kept (384 -> 512 ->
+    hardswish -> dropout) and only the last layer replaced by a new ``512 -> n_classes`` one. ``pretrained``: True loads ``mn04_as_mAP_432.pt`` from the shared
+    folder, a path loads that file, False starts from random weights.
+
+    The member interface of ``edgeaudio.train.teachers.fitted`` (shared with
+    ``ImageNetAudioClassifier``): ``embed`` ``[B, T', 384]`` (feature map averaged over
+    frequency, 0.32 s per frame), ``pooled`` (its mean over time), ``logits_from_pooled``,
+    ``forward``, ``parameter_groups(freeze_blocks)``, ``settings()``.
+    """
+
+    arch = "efficientat_mn04"
+    sample_rate = MODEL_SAMPLE_RATE
+    embedding_hop_seconds = HOP_LENGTH * NETWORK_TIME_STRIDE / MODEL_SAMPLE_RATE
+    linear_head = None  # the head is an MLP: no class vectors in the embedding space
+    min_samples = N_FFT + 1  # the centred STFT's reflect padding needs this many
+
+    def __init__(self, n_classes: int = 50, pretrained: bool | str | os.PathLike = True,
+                 frontend: dict | None = None, shared_dir: str | os.PathLike | None = None):
+        super().__init__()
+        self.n_classes = int(n_classes)
+        self.frontend = EfficientATMel()
+        self.network = MobileNetV3Audio(width_mult=0.4)
+        if pretrained is not False and pretrained is not None:
+            path = Path(pretrained) if not isinstance(pretrained, bool) else require_file(
+                resolve_shared_dir(shared_dir) / "weights" / "efficientat" /
+                "mn04_as_mAP_432.pt", "EfficientAT mn04_as weights")
+            self.network.load_state_dict(torch.load(path, map_location="cpu",
+                                                    weights_only=True), strict=True)
+        last = self.network.classifier[-1]
+        self.network.classifier[-1] = nn.Linear(last.in_features, self.n_classes)
+        self.pretrained = pretrained is not False and pretrained is not None
+        self.feature_dim = self.network.feature_dim
+
+    def settings(self) -> dict:
+        return {"arch": self.arch, "n_classes": self.n_classes, "frontend": {}}
+
+    def feature_map(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.shape[-1] < self.min_samples:
+            wave = nn.functional.pad(wave, (0, self.min_samples - wave.shape[-1]))
+        return self.network.features(self.frontend(wave).unsqueeze(1))
+
+    def embed(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[B, S]`` -> ``[B, T', 384]``."""
+        return self.feature_map(wave).mean(dim=2).transpose(1, 2)
+
+    def pooled(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(wave).mean(dim=(2, 3))
+
+    def logits_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.network.classifier[2:](pooled)  # after the classifier's own pooling
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_pooled(self.pooled(wave))
+
+    def parameter_groups(self, freeze_blocks: int = 0) -> list[nn.Parameter]:
+        """Trainable parameters with the first conv and the first ``freeze_blocks`` inverted
+        residual blocks (of 15) frozen; frozen modules keep their BatchNorm statistics."""
+        if freeze_blocks <= 0:
+            return [p for p in self.parameters() if p.requires_grad]
+        modules = list(self.network.features.children())[:1 + freeze_blocks]
+        frozen = set()
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+                frozen.add(id(parameter))
+        self._frozen_modules = modules
+        self.train(self.training)
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in getattr(self, "_frozen_modules", []):
+            module.eval()
+        return self
+
+
 # ----------------------------------------------------------------------------- teacher
 
 class EfficientATTeacher(Teacher):
