@@ -694,7 +694,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
     optimizer = make_optimizer(modules, cfg)
     rate = student.frontend.spec.sample_rate
     train_idx, test_idx = prep.train_idx, prep.test_idx
-    batch_size = min(cfg.batch_size, len(train_idx))
+    # with a fixed number of steps, batches may cycle through a small training set
+    batch_size = cfg.batch_size if cfg.steps_per_epoch else min(cfg.batch_size, len(train_idx))
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_idx) // batch_size)
     frontend_settings = student_frontend_settings(cfg.student)
     window_frames = student.frontend.spec.n_frames(prep.crop_samples)

@@ -94,7 +94,7 @@ def test_projection_head_is_unit_norm_64d():
 from edgeaudio.train.checkpoint import load_checkpoint  # noqa: E402
 from edgeaudio.train.data import (DatasetError, load_esc50, select_classes,  # noqa: E402
                                   unlabeled_items)
-from edgeaudio.train.loop import TrainConfig, TrainError, train  # noqa: E402
+from edgeaudio.train.loop import TrainConfig, TrainError, epoch_order, train  # noqa: E402
 
 from ..conftest import SHARED, esc50_clip, esc50_rows  # noqa: E402
 
@@ -190,6 +190,18 @@ def test_held_out_clips_never_join_the_unlabeled_pool(labeled_csv, tmp_path):
     metrics = run(cfg, tmp_path / "r")
     assert metrics["contrastive"]["unlabeled"]["items"] == 6
     assert metrics["contrastive"]["unlabeled"]["held_out_clips_left_out"] == 6
+
+
+def test_fixed_steps_per_epoch_cycle_through_a_small_labeled_set(labeled_csv, unlabeled_dir,
+                                                                tmp_path):
+    order = epoch_order(np.arange(10, 16), 20, np.random.default_rng(0))
+    assert len(order) == 24  # four passes, each a permutation of the six
+    assert all(sorted(order[k:k + 6]) == list(range(10, 16)) for k in range(0, 24, 6))
+    # 6 training clips, batches of 4, 5 steps an epoch: every batch full
+    cfg = tiny_config(labeled_csv, epochs=2, steps_per_epoch=5, contrastive=True,
+                      unlabeled=[str(unlabeled_dir)], contrastive_warmup=0)
+    metrics = run(cfg, tmp_path / "r")
+    assert len(metrics["history"]) == 2 and metrics["history"][0]["contrastive"] > 0
 
 
 def test_esc10_labeled_and_esc40_unlabeled_from_the_training_folds(esc50):
