@@ -88,14 +88,20 @@ def yamnet_row(path: Path, audio: Path, repeats: int) -> dict:
 def tflite_macs(path: Path, input_length: int | None = None) -> int:
     """Multiply-accumulates of one invocation, from the graph's conv / depthwise / FC ops
     (``input_length``: resize a 1-D waveform input first, as YAMNet's)."""
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    # No delegate, and one invocation on zeros: dynamic shapes (YAMNet's patch count) are
+    # only resolved when the graph runs, and delegated ops keep their static shapes.
     with native_stderr_silenced():
-        interpreter = Interpreter(model_path=str(path))
+        interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=
+                                  OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        detail = interpreter.get_input_details()[0]
         if input_length:
-            interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"],
-                                            [input_length])
+            interpreter.resize_tensor_input(detail["index"], [input_length])
         interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
     shapes = {t["index"]: t["shape"] for t in interpreter.get_tensor_details()}
     macs = 0
     for op in interpreter._get_ops_details():
