@@ -184,7 +184,8 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
                                  batch_size=batch_size, lr=lr, seed=seed,
                                  crop_seconds=crop_seconds, mixup=mixup,
                                  specaugment=not no_specaugment,
-                                 train_fraction=train_fraction, skip_unreadable=skip_unreadable)
+                                 train_fraction=train_fraction, skip_unreadable=skip_unreadable,
+                                 eval_every=eval_every)
         out = Path(out) if out else Path("runs") / "-".join(
             [Path(str(data).rstrip("/")).stem or "data", "multiview", views.replace(",", "+"),
              blend] + ([f"f{fold}"] if fold is not None else []))

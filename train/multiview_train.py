@@ -277,7 +277,7 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
                                      "train_seconds": train_seconds})
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        t_epoch = time.time()
+        t_epoch, cpu_epoch = time.time(), time.process_time()
         rng = np.random.default_rng([cfg.seed, epoch])
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         model.train()
@@ -340,14 +340,18 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
         train_seconds += time.time() - t_epoch
         record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()},
                   "train_acc": correct / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
-                  "weights": objective.weights, "seconds": round(time.time() - t_epoch, 2)}
+                  "weights": objective.weights, "seconds": round(time.time() - t_epoch, 2),
+                  "cpu_seconds": round(time.process_time() - cpu_epoch, 2)}
         if len(test_idx) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            t_eval, cpu_eval = time.time(), time.process_time()
             logits = predict_heads(model, waves, test_idx, min_samples)
             t = targets[test_idx]
             record["test_acc"] = readout_accuracies(objective, logits, t)["readout"]
             record["test_loss"] = float(F.nll_loss(torch.log(objective.predict_proba(
                 {k: torch.from_numpy(v) for k, v in logits.items()}) + 1e-12),
                 torch.from_numpy(t)))
+            record["eval_seconds"] = round(time.time() - t_eval, 2)
+            record["eval_cpu_seconds"] = round(time.process_time() - cpu_eval, 2)
         history.append(record)
         save(epoch, {"last_epoch": {k: v for k, v in record.items() if k != "weights"}})
         log_line(out_dir, "epoch {epoch:3d}  loss {loss:.4f}  train acc {train_acc:.3f}  "

@@ -271,7 +271,7 @@ def _fit_member(cfg: TeacherFitConfig, k: int, out_dir: Path, waves, targets, la
     run_here = 0
     test_probs = None
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        t_epoch = time.time()
+        t_epoch, cpu_epoch = time.time(), time.process_time()
         rng = np.random.default_rng([member_seed, epoch])
         torch.manual_seed(member_seed * 100_003 + epoch)
         model.train()
@@ -307,10 +307,14 @@ def _fit_member(cfg: TeacherFitConfig, k: int, out_dir: Path, waves, targets, la
         seconds = time.time() - t_epoch
         train_seconds += seconds
         record = {"epoch": epoch, "loss": loss_sum / steps_per_epoch,
-                  "train_acc": correct / max(1, seen), "seconds": round(seconds, 2)}
+                  "train_acc": correct / max(1, seen), "seconds": round(seconds, 2),
+                  "cpu_seconds": round(time.process_time() - cpu_epoch, 2)}
         if len(test_idx):
+            t_eval, cpu_eval = time.time(), time.process_time()
             test_probs = predict_probabilities(model, waves, test_idx, device)
             record["test_acc"] = float((test_probs.argmax(1) == targets[test_idx]).mean())
+            record["eval_seconds"] = round(time.time() - t_eval, 2)
+            record["eval_cpu_seconds"] = round(time.process_time() - cpu_eval, 2)
         history.append(record)
         _save_atomic({"model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "history": history, "epoch": epoch, "train_seconds": train_seconds},
