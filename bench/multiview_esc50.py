@@ -25,9 +25,23 @@ Runs live in ``runs/bench/multiview_esc50/<row>/fold1`` (gitignored), each resum
 row continues from its last epoch). One torch thread per run; at most two runs at once on a
 2-core machine.
 
-Cost (``time``: one epoch on a quarter of the training clips per row, scaled to a full epoch
-of 1440 clips, 2-core Xeon VM while two other trainings ran; ``bench/results/
-multiview_esc50_timing.json``): see ``COST_NOTE`` below, printed by ``list``.
+Cost, measured by ``time`` (``bench/results/multiview_esc50_timing.json``): CPU seconds of one
+torch thread, one epoch on a quarter of the training clips scaled to the 1450 of a full
+epoch, 2-core Xeon VM shared with two other trainings at the time (wall time ran 1-2.5x the
+CPU time). At 40 epochs with a held-out evaluation every 5:
+
+    row         CPU s / epoch   evaluation (400 clips)   run
+    mel               16              3 s              ~11 min
+    gammatone         16              3 s              ~11 min
+    cqt               24              5 s              ~17 min
+    raw               32              3 s              ~22 min
+    concat            98             17 s              ~68 min
+    late             102             17 s              ~70 min
+    blend            107             16 s              ~73 min  (measuring for blending: ~8 %)
+    total                                              ~4.5 CPU hours, ~2.3 h on two free cores
+
+plus about a minute per run to decode ESC-50. ``list`` prints the estimates for the current
+budget.
 """
 from __future__ import annotations
 
@@ -63,7 +77,7 @@ ROWS = {
 FOLD = 1
 EPOCHS = 40
 BASE = {"recipe": "esc50", "fold": FOLD, "epochs": EPOCHS, "seed": 0, "eval_every": 5}
-COST_NOTE = "run `time` first: it writes the measured seconds per epoch"
+COST_NOTE = "run `time` first: it writes the measured CPU seconds per epoch"
 
 
 def row_config(row: str, **overrides):
@@ -101,6 +115,16 @@ def run_rows(rows, progress: bool) -> None:
               flush=True)
 
 
+def full_training_clips() -> int:
+    """Training clips of a full run: fold 1 held out, then the blending validation split."""
+    from edgeaudio.train.data import load_dataset, split_indices
+    from edgeaudio.train.multiview_train import blend_validation_split
+    dataset = load_dataset(ESC50, "esc50")
+    train, _ = split_indices(dataset, FOLD, seed=BASE["seed"])
+    cfg = row_config("mel")
+    return len(blend_validation_split(dataset.targets, train, cfg.val_fraction, cfg.seed)[0])
+
+
 def time_rows(rows, fraction: float) -> dict:
     """One epoch on ``fraction`` of the training clips per row; seconds scaled to a full epoch."""
     import torch
@@ -119,12 +143,13 @@ def time_rows(rows, fraction: float) -> dict:
         wall = time.time() - t0
         first = metrics["history"][0]
         # CPU seconds of this process: what a run costs on a free core (wall time is longer
-        # while other jobs share the cores)
-        per_epoch = first["cpu_seconds"] / fraction
+        # while other jobs share the cores), scaled by training clips
+        per_epoch = first["cpu_seconds"] * full_training_clips() / metrics["n_train"]
         eval_s = first.get("eval_cpu_seconds", 0.0)
         timing["rows"][row] = {
             "fraction": fraction, "n_train": metrics["n_train"],
             "measured_epoch_cpu_seconds": first["cpu_seconds"],
+            "full_training_clips": full_training_clips(),
             "measured_epoch_wall_seconds": first["seconds"],
             "cpu_seconds_per_epoch": round(per_epoch, 1),
             "eval_cpu_seconds_400_clips": eval_s, "wall_seconds": round(wall, 1),
