@@ -43,8 +43,7 @@ from .data import (clip_batches, drop_items, load_dataset, load_waveforms, make_
                    split_indices)
 from .loop import (classification_report, log_line, lr_factor, plot_confusion, plot_curves,
                    spec_augment, write_json)
-from .multiview import (JOINT, MultiViewNet, MultiViewObjective, describe_costs,
-                        self_ensemble)
+from .multiview import MultiViewNet, MultiViewObjective, describe_costs, self_ensemble
 from .views import parse_views
 
 # --blend value -> MultiViewObjective mode
