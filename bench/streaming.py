@@ -1,0 +1,661 @@
+#!/usr/bin/env python3
+"""Streaming benchmark: held-out ESC-50 events at known times over background audio, through
+the streaming engine; detection rate, latency from the true onset, false alarms per hour.
+
+    .venv/bin/python bench/streaming.py --model models/model.int8.tflite [--fold K]
+
+Prints a table, writes bench/results/streaming.json and docs/streaming.png, and checks that
+`edgeaudio listen --input FILE --json` gives exactly the library's events on a shorter stream.
+
+Design (every random choice comes from ``--seed``):
+
+* Fold. Events and ESC-50 backgrounds come from fold ``--fold`` only, the fold the model did
+  not train on (default: the held-out fold named in the model's metadata). The output says
+  when the metadata shows the model trained on that fold.
+* Event classes (``EVENT_CLASSES``): ESC-50 classes whose sound starts at a definite moment
+  and is what a listening device is asked to report: animal calls, human non-speech sounds,
+  knocks, glass, alarms, horns, sirens, bells, fireworks. Ambience-like classes (rain, wind,
+  engines, vacuum cleaner) and textures without a clear onset (keyboard typing, clock tick,
+  footsteps, brushing teeth, snoring) are left out: their "onset" is not an acoustic event.
+* True onset. ESC-50 clips often start with near-silence or digital padding. A clip's onset
+  is its first 10 ms frame within ``LOUD_BELOW_PEAK_DB`` (20 dB) of its loudest frame; the
+  clip is placed from that frame on (trailing digital silence cut), so in the stream the
+  sound starts exactly at the placement time and latency is measured from the acoustic onset,
+  not from the clip's file start.
+* Levels. An event's level is the RMS of its loud frames (same 20 dB rule), set to
+  ``BACKGROUND_DBFS + SNR`` for SNR in ``SNRS_DB`` (+20, +10, 0 dB): at +20 dB, -20 dBFS,
+  about ESC-50's own levels. Every event clip is placed once at each SNR. An impulsive clip
+  whose peak would pass ``PEAK_LIMIT_DBFS`` is turned down instead of clipped (the output
+  counts them).
+* Backgrounds (one per synthetic stream, cycled so each kind gets the same number of events):
+  - ``ambience``: fold-K clips of ``AMBIENCE_CLASSES`` (rain, sea waves, crackling fire,
+    crickets, wind, insects), each at ``BACKGROUND_DBFS`` RMS, shuffled and looped with
+    0.5 s equal-power crossfades (8 clips = 40 s of distinct audio per class, so it repeats).
+    Detecting the background's own class while it plays is right, not a false alarm.
+  - ``speech``: FSDD spoken digits (6 speakers, 8 kHz resampled to 16 kHz, so band-limited
+    to 4 kHz) in runs of 3-8 digits with short gaps and longer pauses, each digit at
+    ``BACKGROUND_DBFS`` loud-frame RMS. ESC-50 has no speech class, so any event is an alarm.
+  - ``noise``: pink noise at ``NOISE_DBFS`` (-50 dBFS, above the engine's -60 dBFS gate: a fan
+    or a noisy preamp); the model itself must stay quiet.
+  - ``quiet``: pink noise at ``QUIET_DBFS`` (-70 dBFS, below the gate: a quiet room); checks
+    the gate and the transitions into and out of events.
+* Layout. Events are shuffled into streams of ``EVENTS_PER_STREAM``; each stream starts with
+  ``GAP_SECONDS`` of background, and after each event (its end plus one model window) comes a
+  ``GAP_SECONDS`` stretch of background alone before the next onset, at a random sample (so
+  the onset falls at a uniformly random phase of the hop). Each stream runs through a fresh
+  engine (a device starting to listen) at the model's default settings.
+* What counts. An event's span runs from its onset to its end plus one model window plus
+  ``smooth + patience`` hops (the last moment its audio can still drive a start).
+  - detection: the first "start" of the event's class emitted at stream time
+    ``t_detect`` in ``[onset, onset + window]``; after one window the onset has left the
+    model's input, so a later start was not caused by it.
+  - latency: ``t_detect - onset``, the stream time at which the engine emitted the start
+    (what a listener learns, and when), not the event's back-dated ``t_start``, which is the
+    start of the window and so precedes the onset by construction. Compute time is excluded
+    (about 1-3 ms per hop here).
+  - false alarm: a start emitted outside every event span whose label is not the background's
+    own ESC-50 class. Per hour of background-only time (stream time outside event spans),
+    per background kind.
+  - confusion: a start of another class inside an event span (not the background's class).
+  - repeat: a further start of the event's class inside its span (the event closed and
+    reopened), or one after the detection window.
+* CLI agreement: the first stream of each background kind, 90 s of each, concatenated into a
+  float32 WAV, through `edgeaudio listen --input WAV --json --fast` (a subprocess) and through
+  the library; the event lines must be identical (class, score, t_start, t_end, order).
+
+Targets (issue 7): median latency <= one hop + 100 ms; <= 1 false alarm per hour of background
+at the default threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edgeaudio import Model  # noqa: E402
+from edgeaudio.audio import load_audio  # noqa: E402
+
+SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
+ESC50 = SHARED / "data" / "esc50"
+FSDD = SHARED / "data" / "fsdd" / "recordings"
+
+EVENT_CLASSES = ("dog", "rooster", "pig", "cow", "cat", "hen", "sheep", "crow",
+                 "crying_baby", "sneezing", "coughing", "laughing",
+                 "door_wood_knock", "can_opening", "glass_breaking", "clock_alarm",
+                 "car_horn", "siren", "church_bells", "fireworks")
+AMBIENCE_CLASSES = ("rain", "sea_waves", "crackling_fire", "crickets", "wind", "insects")
+BACKGROUND_KINDS = ("ambience", "speech", "noise", "quiet")
+
+BACKGROUND_DBFS = -40.0       # ambience and speech level; events sit SNR dB above it
+NOISE_DBFS = -50.0            # pink noise above the engine's gate
+QUIET_DBFS = -70.0            # pink noise below the gate
+SNRS_DB = (20.0, 10.0, 0.0)
+PEAK_LIMIT_DBFS = -1.0        # no placed event peaks above this
+LOUD_BELOW_PEAK_DB = 20.0     # a frame is "loud" within this of the clip's loudest frame
+FRAME_SECONDS = 0.01
+DIGITAL_SILENCE = 1e-4        # |sample| below this at a clip's end is padding
+EVENTS_PER_STREAM = 10
+GAP_SECONDS = (8.0, 16.0)     # background alone before each onset
+CROSSFADE_SECONDS = 0.5
+CLI_SECONDS_PER_KIND = 90.0
+RESULTS = REPO / "bench" / "results" / "streaming.json"
+PLOT = REPO / "docs" / "streaming.png"
+
+
+# ---------------------------------------------------------------- clips, onsets, levels
+
+def frame_energies_db(x: np.ndarray, rate: int) -> np.ndarray:
+    frame = int(rate * FRAME_SECONDS)
+    n = len(x) // frame
+    power = np.mean(np.square(x[:n * frame].reshape(n, frame), dtype=np.float64), axis=1)
+    return 10.0 * np.log10(power + 1e-20)
+
+
+def loud_frames(x: np.ndarray, rate: int) -> np.ndarray:
+    """Mask of the 10 ms frames within LOUD_BELOW_PEAK_DB of the loudest one."""
+    e = frame_energies_db(x, rate)
+    return e >= e.max() - LOUD_BELOW_PEAK_DB
+
+
+def onset_sample(x: np.ndarray, rate: int) -> int:
+    """The first sample of the first loud frame: where the sound clearly begins."""
+    return int(np.argmax(loud_frames(x, rate))) * int(rate * FRAME_SECONDS)
+
+
+def loud_level_dbfs(x: np.ndarray, rate: int) -> float:
+    """RMS (dB full scale) over the loud frames: a level that ignores pauses and padding."""
+    frame = int(rate * FRAME_SECONDS)
+    mask = loud_frames(x, rate)
+    frames = x[:len(mask) * frame].reshape(len(mask), frame)[mask]
+    return float(10.0 * np.log10(np.mean(np.square(frames, dtype=np.float64)) + 1e-20))
+
+
+def rms_dbfs(x: np.ndarray) -> float:
+    return float(10.0 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
+
+
+def trim_digital_silence(x: np.ndarray) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(x) > DIGITAL_SILENCE)
+    return x[loud[0]:loud[-1] + 1] if len(loud) else x[:0]
+
+
+def event_segment(x: np.ndarray, rate: int) -> np.ndarray:
+    """The clip from its onset to its last non-padding sample."""
+    x = trim_digital_silence(x)
+    return x[onset_sample(x, rate):]
+
+
+def at_level(x: np.ndarray, dbfs: float, level: float) -> np.ndarray:
+    return (x * 10.0 ** ((dbfs - level) / 20.0)).astype(np.float32)
+
+
+def esc50_rows(fold: int) -> list:
+    with open(ESC50 / "meta" / "esc50.csv") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["fold"]) == fold]
+    return sorted(rows, key=lambda r: r["filename"])
+
+
+def esc50_audio(row: dict, rate: int) -> np.ndarray:
+    return load_audio(ESC50 / "audio" / (Path(row["filename"]).stem + ".flac"), rate)
+
+
+# ---------------------------------------------------------------- backgrounds
+
+def pink_noise(n: int, dbfs: float, rng: np.random.Generator) -> np.ndarray:
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))
+    spectrum[0] = 0.0
+    x = np.fft.irfft(spectrum, n)
+    return at_level(x, dbfs, rms_dbfs(x))
+
+
+def crossfade_concat(pieces: list, n: int, fade: int) -> np.ndarray:
+    """Pieces joined with equal-power crossfades until ``n`` samples (pieces are cycled)."""
+    out = np.zeros(n + fade, np.float32)
+    ramp = np.linspace(0.0, np.pi / 2, fade, dtype=np.float32)
+    fade_in, fade_out = np.sin(ramp), np.cos(ramp)
+    pos, i = 0, 0
+    while pos < n:
+        piece = pieces[i % len(pieces)].copy()
+        i += 1
+        piece[:fade] *= fade_in
+        piece[-fade:] *= fade_out
+        take = min(len(piece), len(out) - pos)
+        out[pos:pos + take] += piece[:take]
+        pos += len(piece) - fade
+    return out[:n]
+
+
+def ambience_bed(clips: list, n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+    pieces = []
+    for x in clips:
+        x = trim_digital_silence(x)
+        pieces.append(at_level(x, BACKGROUND_DBFS, rms_dbfs(x)))
+    order = [pieces[j] for _ in range(n // (rate * 4) + 2) for j in rng.permutation(len(pieces))]
+    return crossfade_concat(order, n, int(CROSSFADE_SECONDS * rate))
+
+
+def speech_bed(paths: list, n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Runs of 3-8 spoken digits (random speakers), 0.05-0.4 s apart, 0.5-2.5 s pauses."""
+    out = np.zeros(n, np.float32)
+    pos = int(rng.uniform(0.0, 1.0) * rate)
+    while pos < n:
+        for _ in range(int(rng.integers(3, 9))):
+            x = load_audio(paths[int(rng.integers(len(paths)))], rate)
+            x = at_level(x, BACKGROUND_DBFS, loud_level_dbfs(x, rate))
+            take = min(len(x), n - pos)
+            if take <= 0:
+                break
+            out[pos:pos + take] += x[:take]
+            pos += len(x) + int(rng.uniform(0.05, 0.4) * rate)
+        pos += int(rng.uniform(0.5, 2.5) * rate)
+    return out
+
+
+# ---------------------------------------------------------------- streams
+
+@dataclass
+class PlacedEvent:
+    label: str
+    clip: str
+    snr_db: float         # nominal: the event's loud-frame RMS over BACKGROUND_DBFS
+    level_dbfs: float     # as placed: lower than nominal when the peak limit applied
+    onset: float          # seconds into the stream: the acoustic onset
+    end: float
+
+
+@dataclass
+class SyntheticStream:
+    name: str
+    kind: str                         # one of BACKGROUND_KINDS
+    background_label: str | None      # the ambience's ESC-50 class, else None
+    audio: np.ndarray = field(repr=False)
+    rate: int
+    events: list
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.rate
+
+
+def build_streams(model: Model, fold: int, seed: int, clips_per_class: int | None = None,
+                  snrs=SNRS_DB) -> list:
+    rate = model.sample_rate
+    window = model.info.window_seconds
+    rng = np.random.default_rng(seed)
+    rows = esc50_rows(fold)
+    event_classes = [c for c in EVENT_CLASSES if c in model.labels]
+    event_rows = []
+    for label in event_classes:
+        event_rows += [r for r in rows if r["category"] == label][:clips_per_class]
+    segments = {r["filename"]: event_segment(esc50_audio(r, rate), rate) for r in event_rows}
+    ambience = {c: [esc50_audio(r, rate) for r in rows if r["category"] == c]
+                for c in AMBIENCE_CLASSES}
+    speech_paths = sorted(FSDD.glob("*.flac"))
+    placements = [(r, snr) for r in event_rows for snr in snrs]
+    order = rng.permutation(len(placements))
+    groups = [[placements[j] for j in order[i:i + EVENTS_PER_STREAM]]
+              for i in range(0, len(order), EVENTS_PER_STREAM)]
+    streams = []
+    for index, group in enumerate(groups):
+        kind = BACKGROUND_KINDS[index % len(BACKGROUND_KINDS)]
+        background_label = (AMBIENCE_CLASSES[(index // len(BACKGROUND_KINDS))
+                                             % len(AMBIENCE_CLASSES)]
+                            if kind == "ambience" else None)
+        # lay the events out first, then make a background of the right length
+        t = rng.uniform(*GAP_SECONDS)
+        placed = []
+        for row, snr in group:
+            seg = segments[row["filename"]]
+            start = int(round(t * rate))
+            placed.append((start, row, snr, seg))
+            t = (start + len(seg)) / rate + window + rng.uniform(*GAP_SECONDS)
+        n = int(round(t * rate))
+        if kind == "ambience":
+            audio = ambience_bed(ambience[background_label], n, rate, rng)
+        elif kind == "speech":
+            audio = speech_bed(speech_paths, n, rate, rng)
+        else:
+            audio = pink_noise(n, NOISE_DBFS if kind == "noise" else QUIET_DBFS, rng)
+        events = []
+        for start, row, snr, seg in placed:
+            loud = loud_level_dbfs(seg, rate)
+            # impulsive clips (fireworks, cans) peak up to 24 dB above their loud-frame RMS:
+            # turn those down rather than clip them
+            crest = 20.0 * np.log10(float(np.max(np.abs(seg)))) - loud
+            level = min(BACKGROUND_DBFS + snr, PEAK_LIMIT_DBFS - crest)
+            audio[start:start + len(seg)] += at_level(seg, level, loud)
+            events.append(PlacedEvent(row["category"], row["filename"], snr, level,
+                                      start / rate, (start + len(seg)) / rate))
+        peak = float(np.max(np.abs(audio)))
+        if peak > 1.0:           # not expected at these levels; never silently clip
+            raise RuntimeError(f"stream {index} peaks at {peak:.2f} (> full scale)")
+        name = f"{index:02d}-{kind}" + (f"-{background_label}" if background_label else "")
+        streams.append(SyntheticStream(name, kind, background_label, audio, rate, events))
+    return streams
+
+
+# ---------------------------------------------------------------- the engine and the judge
+
+def run_engine(model: Model, audio: np.ndarray, settings: dict):
+    """All events of one stream, and the smoothed scores after every hop ([hops, classes])."""
+    stream = model.stream(**settings)
+    events, scores = [], []
+    for i in range(0, len(audio), stream.hop):
+        events += stream.push(audio[i:i + stream.hop])
+        scores.append(stream.scores.copy())
+    return stream, events + stream.flush(), np.array(scores)
+
+
+@dataclass
+class Judged:
+    detections: list        # per placed event: latency in seconds, or None if missed
+    false_alarms: list      # (label, t_detect) outside every event span
+    confusions: list        # (label, t_detect, true label) inside an event span
+    repeats: int
+    background_class_starts: int
+    background_seconds: float
+
+
+def judge(events: list, placed: list, background_label: str | None, duration: float,
+          window: float, tail: float) -> Judged:
+    """Sort a stream's start events into detections, repeats, confusions and false alarms.
+
+    ``tail``: how long after an event's audio has left the model window it can still drive a
+    start (``(smooth + patience) * hop``)."""
+    spans = [(p.onset, p.end + window + tail) for p in placed]
+    latencies = [None] * len(placed)
+    false_alarms, confusions = [], []
+    repeats = background_class_starts = 0
+    for e in events:
+        if e.kind != "start":
+            continue
+        t = e.t_detect
+        inside = next((i for i, (a, b) in enumerate(spans) if a <= t <= b), None)
+        if e.label == background_label:
+            background_class_starts += 1
+        elif inside is None:
+            false_alarms.append((e.label, t))
+        elif e.label != placed[inside].label:
+            confusions.append((e.label, t, placed[inside].label))
+        elif latencies[inside] is None and t <= placed[inside].onset + window:
+            latencies[inside] = t - placed[inside].onset
+        else:
+            repeats += 1
+    covered = sum(min(b, duration) - a for a, b in spans)
+    return Judged(latencies, false_alarms, confusions, repeats, background_class_starts,
+                  duration - covered)
+
+
+# ---------------------------------------------------------------- summaries
+
+def latency_summary(latencies: list) -> dict:
+    hit = [x for x in latencies if x is not None]
+    return {"events": len(latencies), "detected": len(hit),
+            "detection_rate": len(hit) / len(latencies) if latencies else None,
+            "median_latency_s": float(np.median(hit)) if hit else None,
+            "p95_latency_s": float(np.percentile(hit, 95)) if hit else None}
+
+
+def alarm_summary(judged: list) -> dict:
+    seconds = sum(j.background_seconds for j in judged)
+    n = sum(len(j.false_alarms) for j in judged)
+    return {"background_hours": seconds / 3600.0, "false_alarms": n,
+            "false_alarms_per_hour": n / (seconds / 3600.0) if seconds else None}
+
+
+def summarize(streams: list, judged: list, hop_seconds: float) -> dict:
+    rows = [(s, p, lat) for s, j in zip(streams, judged) for p, lat in zip(s.events, j.detections)]
+    out = {"overall": {**latency_summary([lat for _, _, lat in rows]), **alarm_summary(judged),
+                       "confusions": sum(len(j.confusions) for j in judged),
+                       "repeats": sum(j.repeats for j in judged)}}
+    out["by_background"] = {}
+    for kind in BACKGROUND_KINDS:
+        pairs = [(s, j) for s, j in zip(streams, judged) if s.kind == kind]
+        if pairs:
+            out["by_background"][kind] = {
+                **latency_summary([lat for s, j in pairs for lat in j.detections]),
+                **alarm_summary([j for _, j in pairs]),
+                "confusions": sum(len(j.confusions) for _, j in pairs)}
+    out["by_ambience"] = {}
+    for label in AMBIENCE_CLASSES:
+        pairs = [(s, j) for s, j in zip(streams, judged) if s.background_label == label]
+        if pairs:
+            out["by_ambience"][label] = {
+                **latency_summary([lat for s, j in pairs for lat in j.detections]),
+                **alarm_summary([j for _, j in pairs]),
+                "own_class_starts": sum(j.background_class_starts for _, j in pairs)}
+    out["by_snr"] = {f"{snr:+.0f} dB": latency_summary([lat for _, p, lat in rows
+                                                         if p.snr_db == snr])
+                     for snr in sorted({p.snr_db for _, p, _ in rows}, reverse=True)}
+    out["by_class"] = {label: latency_summary([lat for _, p, lat in rows if p.label == label])
+                       for label in sorted({p.label for _, p, _ in rows})}
+    counts: dict = {}
+    for j in judged:
+        for label, _ in j.false_alarms:
+            counts[label] = counts.get(label, 0) + 1
+    out["false_alarm_labels"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    counts = {}
+    for j in judged:
+        for label, _, true in j.confusions:
+            counts[f"{true} -> {label}"] = counts.get(f"{true} -> {label}", 0) + 1
+    out["confusion_pairs"] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:20])
+    o = out["overall"]
+    out["targets"] = {
+        "median_latency_max_s": hop_seconds + 0.1,
+        "median_latency_met": o["median_latency_s"] is not None
+        and o["median_latency_s"] <= hop_seconds + 0.1,
+        "false_alarms_per_hour_max": 1.0,
+        "false_alarms_met": o["false_alarms_per_hour"] is not None
+        and o["false_alarms_per_hour"] <= 1.0}
+    return out
+
+
+def fmt(x, spec, none="-"):
+    return none if x is None else format(x, spec)
+
+
+def table(summary: dict) -> str:
+    lines = ["| background | events | detected | median latency | p95 latency | "
+             "background h | false alarms | per hour |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def row(name, s):
+        lines.append(f"| {name} | {s['events']} | {fmt(s['detection_rate'], '.1%')} | "
+                     f"{fmt(s['median_latency_s'], '.2f')} s | {fmt(s['p95_latency_s'], '.2f')} s"
+                     f" | {s['background_hours']:.2f} | {s['false_alarms']} | "
+                     f"{fmt(s['false_alarms_per_hour'], '.1f')} |")
+    for kind, s in summary["by_background"].items():
+        row(kind, s)
+    row("**all**", summary["overall"])
+    lines += ["", "| SNR | events | detected | median latency | p95 latency |", "|---|---|---|---|---|"]
+    for snr, s in summary["by_snr"].items():
+        lines.append(f"| {snr} | {s['events']} | {fmt(s['detection_rate'], '.1%')} | "
+                     f"{fmt(s['median_latency_s'], '.2f')} s | {fmt(s['p95_latency_s'], '.2f')} s |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- model provenance
+
+def held_out_fold(provenance: dict):
+    """The ESC-50 fold a model's training held out, as its metadata says; None if it does not."""
+    if "held_out_fold" in provenance:
+        return int(provenance["held_out_fold"])
+    config = provenance.get("config") or {}
+    if "esc50" not in str(config.get("data", "")).lower() and config.get("recipe") != "esc50":
+        return None
+    return int(config["fold"]) if config.get("fold") is not None else 5   # trainer's default: the last
+
+
+def fold_note(model: Model, fold: int) -> str:
+    held = held_out_fold(model.info.provenance)
+    if held is None:
+        return "the model's metadata does not say which folds it trained on"
+    if held == fold:
+        return f"fold {fold} is the fold the model's training held out"
+    return (f"WARNING: the model's metadata says it held out fold {held}, so it TRAINED on "
+            f"fold {fold}: these figures are optimistic")
+
+
+# ---------------------------------------------------------------- CLI agreement
+
+def cli_agreement(model_path: Path, model: Model, streams: list, settings: dict) -> dict:
+    """The same WAV through `edgeaudio listen --input --json --fast` and through the library."""
+    rate = model.sample_rate
+    first = {}
+    for s in streams:
+        first.setdefault(s.kind, s)
+    audio = np.concatenate([s.audio[:int(CLI_SECONDS_PER_KIND * rate)] for s in first.values()])
+    flags = {"threshold": "--threshold", "patience": "--patience", "smooth": "--smooth",
+             "hop_seconds": "--hop", "gate_db": "--gate-db"}
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "stream.wav"
+        sf.write(wav, audio, rate, subtype="FLOAT")
+        cmd = [str(Path(sys.executable).parent / "edgeaudio"), "listen", "--input", str(wav),
+               "--json", "--fast", "--model", str(model_path)]
+        for key, value in settings.items():
+            cmd += [flags[key], str(value)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        cli_seconds = time.perf_counter() - t0
+        cli = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        read_back, _ = sf.read(wav, dtype="float32")
+    _, events, _ = run_engine(model, read_back, settings)
+    library = [e.to_dict() for e in events]
+    mismatch = next((i for i, (a, b) in enumerate(zip(cli, library)) if a != b), None)
+    if mismatch is None and len(cli) != len(library):
+        mismatch = min(len(cli), len(library))
+    return {"audio_seconds": len(audio) / rate, "backgrounds": list(first),
+            "cli_lines": len(cli), "library_lines": len(library),
+            "starts": sum(e["event"] == "start" for e in library),
+            "identical": mismatch is None, "first_mismatch": mismatch,
+            "cli_wall_seconds": round(cli_seconds, 1), "command": " ".join(cmd[1:])}
+
+
+# ---------------------------------------------------------------- plot
+
+def plot(path: Path, stream: SyntheticStream, events: list, scores: np.ndarray, engine,
+         seconds: float = 75.0) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate = engine.rate
+    labels = engine.model.labels
+    n = min(len(stream.audio), int(seconds * rate))
+    placed = [p for p in stream.events if p.onset < seconds]
+    starts = [e for e in events if e.kind == "start" and e.t_detect < seconds]
+    shown = list(dict.fromkeys([p.label for p in placed] + [e.label for e in starts]))
+    hop_times = np.arange(1, len(scores) + 1) * engine.hop_seconds
+    keep = hop_times <= seconds
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [1, 2]})
+    level = frame_energies_db(stream.audio[:n], rate)
+    ax1.plot(np.arange(len(level)) * FRAME_SECONDS, level, lw=0.5, color="0.3")
+    ax1.set_ylim(-80, 0)
+    ax1.set_ylabel("level (dBFS)")
+    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(shown)}
+    for p in placed:
+        for ax in (ax1, ax2):
+            ax.axvspan(p.onset, min(p.end, seconds), color=colors[p.label], alpha=0.15)
+        ax1.text(p.onset, -5, f"{p.label} ({p.snr_db:+.0f} dB)", fontsize=8, va="top")
+    for label in shown:
+        i = labels.index(label)
+        ax2.plot(hop_times[keep], scores[keep, i], color=colors[label], lw=1.2, label=label)
+    for e in starts:
+        ax2.axvline(e.t_detect, color=colors[e.label], ls="--", lw=1)
+        ax2.plot(e.t_detect, 1.02, "v", color=colors[e.label])
+    thr = float(engine.thresholds.max())
+    ax2.axhline(thr, color="k", lw=0.8, ls=":")
+    ax2.set_ylim(0, 1.08)
+    ax2.set_ylabel("smoothed score")
+    ax2.set_xlabel("stream time (s)")
+    ax2.legend(loc="upper right", fontsize=8, ncol=2)
+    title = stream.kind + (f" ({stream.background_label})" if stream.background_label else "")
+    ax1.set_title(f"{title}: true events shaded; starts emitted at the dashed lines "
+                  f"(threshold dotted)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help=".onnx or .tflite model file")
+    ap.add_argument("--fold", type=int, default=None,
+                    help="ESC-50 fold for events and ambience (default: the model's held-out fold)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clips-per-class", type=int, default=None, help="fewer events (quick runs)")
+    ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--patience", type=int, default=None)
+    ap.add_argument("--smooth", type=int, default=None)
+    ap.add_argument("--hop", dest="hop_seconds", type=float, default=None)
+    ap.add_argument("--gate-db", type=float, default=None)
+    ap.add_argument("--json", dest="json_out", type=Path, default=RESULTS)
+    ap.add_argument("--plot", type=Path, default=PLOT)
+    ap.add_argument("--no-cli", action="store_true", help="skip the CLI agreement check")
+    args = ap.parse_args(argv)
+    if not (ESC50 / "meta" / "esc50.csv").exists() or not FSDD.is_dir():
+        print(f"ESC-50 / FSDD not found under {SHARED} (set EDGEAUDIO_SHARED)", file=sys.stderr)
+        return 2
+    model = Model(args.model)
+    fold = args.fold if args.fold is not None else held_out_fold(model.info.provenance)
+    if fold is None:
+        print("the model's metadata names no held-out fold: pass --fold", file=sys.stderr)
+        return 2
+    settings = {k: getattr(args, k) for k in ("threshold", "patience", "smooth", "hop_seconds",
+                                               "gate_db") if getattr(args, k) is not None}
+    note = fold_note(model, fold)
+    print(f"model {args.model} ({model.info.name}, {len(model.labels)} classes, "
+          f"{model.backend_name}); fold {fold}: {note}")
+    t0 = time.perf_counter()
+    streams = build_streams(model, fold, args.seed, args.clips_per_class)
+    build_seconds = time.perf_counter() - t0
+    total = sum(s.seconds for s in streams)
+    placed = [p for s in streams for p in s.events]
+    limited = [BACKGROUND_DBFS + p.snr_db - p.level_dbfs for p in placed
+               if p.level_dbfs < BACKGROUND_DBFS + p.snr_db - 0.05]
+    print(f"{len(streams)} streams, {len(placed)} events ({len(limited)} turned down by up to "
+          f"{max(limited, default=0):.1f} dB to stay under {PEAK_LIMIT_DBFS:.0f} dBFS), "
+          f"{total / 3600:.2f} h of audio (built in {build_seconds:.0f} s)")
+
+    t0 = time.perf_counter()
+    judged, runs = [], []
+    for s in streams:
+        engine, events, scores = run_engine(model, s.audio, settings)
+        tail = (engine.smooth + engine.patience) * engine.hop_seconds
+        judged.append(judge(events, s.events, s.background_label, s.seconds,
+                            engine.window_seconds, tail))
+        runs.append((engine, events, scores))
+    engine_seconds = time.perf_counter() - t0
+    engine = runs[0][0]
+    effective = {"hop_seconds": engine.hop_seconds, "smooth": engine.smooth,
+                 "patience": engine.patience, "release_ratio": engine.release_ratio,
+                 "gate_db": engine.gate_db,
+                 "threshold": (float(engine.thresholds[0]) if np.all(engine.thresholds
+                                                                      == engine.thresholds[0])
+                               else dict(zip(model.labels, map(float, engine.thresholds))))}
+    summary = summarize(streams, judged, engine.hop_seconds)
+    print(f"engine: {total / engine_seconds:.0f}x real time; settings {effective}\n")
+    print(table(summary))
+    t = summary["targets"]
+    o = summary["overall"]
+    print(f"\nmedian latency {fmt(o['median_latency_s'], '.3f')} s vs target "
+          f"<= {t['median_latency_max_s']:.2f} s: {'met' if t['median_latency_met'] else 'NOT met'}")
+    print(f"false alarms {fmt(o['false_alarms_per_hour'], '.1f')} per hour vs target <= 1: "
+          f"{'met' if t['false_alarms_met'] else 'NOT met'}")
+    print(f"false alarm labels: {summary['false_alarm_labels']}")
+    print(f"confusions during events: {o['confusions']}, repeats: {o['repeats']}")
+
+    plot_stream = next(i for i, s in enumerate(streams) if s.kind == "ambience")
+    plot(args.plot, streams[plot_stream], runs[plot_stream][1], runs[plot_stream][2],
+         runs[plot_stream][0])
+    agreement = None
+    if not args.no_cli:
+        agreement = cli_agreement(args.model, model, streams, settings)
+        print(f"\nCLI vs library on {agreement['audio_seconds']:.0f} s "
+              f"({', '.join(agreement['backgrounds'])}): {agreement['library_lines']} event "
+              f"lines, {'identical' if agreement['identical'] else 'DIFFERENT'}")
+
+    result = {
+        "model": {"path": str(args.model), "name": model.info.name,
+                  "version": model.info.version, "classes": len(model.labels),
+                  "backend": model.backend_name,
+                  "held_out_fold": held_out_fold(model.info.provenance)},
+        "fold": fold, "fold_note": note, "seed": args.seed, "settings": effective,
+        "design": {"event_classes": [c for c in EVENT_CLASSES if c in model.labels],
+                   "ambience_classes": list(AMBIENCE_CLASSES),
+                   "background_dbfs": BACKGROUND_DBFS, "noise_dbfs": NOISE_DBFS,
+                   "quiet_dbfs": QUIET_DBFS, "snrs_db": list(SNRS_DB),
+                   "onset_rule_db": LOUD_BELOW_PEAK_DB, "gap_seconds": list(GAP_SECONDS),
+                   "events_per_stream": EVENTS_PER_STREAM,
+                   "detection_window_s": engine.window_seconds},
+        "streams": len(streams), "audio_hours": total / 3600.0,
+        "events_turned_down": {"count": len(limited), "max_db": max(limited, default=0.0)},
+        "engine_x_real_time": total / engine_seconds,
+        **summary, "cli_agreement": agreement,
+    }
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {args.json_out} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
