@@ -49,14 +49,24 @@ class EdgeAudioGroup(click.Group):
         try:
             return getattr(importlib.import_module(module_name), attr)
         except ImportError as exc:
-            fail(f"'edgeaudio {name}' needs the {extra} extra ({exc.name or exc} is missing): "
-                 f"pip install 'edgeaudio[{extra}]'")
+            return _needs_extra(name, extra, exc)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except EdgeAudioError as exc:
             fail(str(exc))
+
+
+def _needs_extra(name: str, extra: str, exc: ImportError) -> click.Command:
+    """Stands in for a command whose extra is not installed: listed in --help (click loads
+    every command to list it), and running it says what to install."""
+    message = (f"'edgeaudio {name}' needs the {extra} extra ({exc.name or exc} is missing): "
+               f"pip install 'edgeaudio[{extra}]'")
+    return click.Command(name, callback=lambda **_: fail(message), add_help_option=False,
+                         context_settings={"ignore_unknown_options": True,
+                                           "allow_extra_args": True},
+                         short_help=f"(needs: pip install 'edgeaudio[{extra}]')")
 
 
 def _module_exists(name: str) -> bool:

@@ -179,3 +179,22 @@ def test_ctrl_c_exits_cleanly_with_a_summary(esc50):
     assert len(summary) == 1, err
     seconds = float(summary[0].split()[1])
     assert 1.0 <= seconds <= 4.0
+
+
+WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None  # import torch raises ImportError\n"
+                 "from edgeaudio.cli import main; main(sys.argv[1:])")
+
+
+def test_help_lists_training_commands_without_torch_and_running_one_says_what_to_install():
+    """A runtime-only install (no torch) still gets --help; train/export name their extra."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+    helped = run("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "classify" in helped.stdout and "pip install 'edgeaudio[train]'" in helped.stdout
+    trained = run("train", "--data", "x")
+    assert trained.returncode == 2
+    assert error_lines(trained.stderr) == [
+        "error: 'edgeaudio train' needs the train extra (torch is missing): "
+        "pip install 'edgeaudio[train]'"]
