@@ -104,6 +104,18 @@ def model_info(student, ckpt: dict, name: str, checkpoint_path: Path) -> ModelIn
                      provenance=provenance)
 
 
+def window_frames(info: ModelInfo, seconds: float, min_frames: int) -> int:
+    """Frames of an exported window of ``seconds``: the students pool time globally, so the
+    window the files take need not be the training crop (shorter: less work per stream hop
+    and a short event fills more of it)."""
+    n = info.frontend.n_frames(int(round(seconds * info.sample_rate)))
+    if n < min_frames:
+        shortest = info.frontend.samples_for_frames(min_frames) / info.sample_rate
+        raise ExportError(f"--window {seconds:g} s gives {n} frames; this student needs at "
+                          f"least {min_frames} ({shortest:.3f} s)")
+    return n
+
+
 def _int8_drop(report_files: list, torch_accuracy) -> float | None:
     """Worst accuracy loss (points) of the int8 files against torch float."""
     if torch_accuracy is None:
@@ -119,7 +131,7 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
                       qat_threshold: float = 0.5, name: str | None = None, stem: str = "model",
                       report: bool = True, max_eval_clips: int | None = None,
                       repeats: int = 100, tflm: bool = True, seed: int = 0,
-                      echo=lambda msg: None) -> dict:
+                      window_seconds: float | None = None, echo=lambda msg: None) -> dict:
     """Export a checkpoint (file or run folder) as model files and a report; returns
     ``{"files": {name: path}, "report": dict | None, "report_files": [...]}``."""
     from edgeaudio.train.checkpoint import load_student, resolve_checkpoint
@@ -137,6 +149,10 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     student, ckpt = load_student(ckpt_path)
     network = student.network.eval()
     info = model_info(student, ckpt, name or Path(run).resolve().name, ckpt_path)
+    if window_seconds is not None:
+        info.n_frames = window_frames(info, window_seconds, network.min_frames)
+        echo(f"window: {info.window_seconds:.3f} s ({info.n_frames} frames; trained on "
+             f"{ckpt['window_frames']})")
     plan = plan_data(info.labels, ckpt.get("config") or {}, data, test_fold, calibration_data,
                      eval_data)
 
@@ -255,9 +271,12 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
 @click.option("--no-report", is_flag=True, help="Skip the evaluation report.")
 @click.option("--max-eval-clips", type=click.IntRange(1), help="Evaluate on at most N clips.")
 @click.option("--no-tflm", is_flag=True, help="Skip the TensorFlow Lite Micro check.")
+@click.option("--window", type=click.FloatRange(0, min_open=True), default=None,
+              help="Window the files take, in seconds (default: the training crop). Shorter "
+                   "windows cost less per stream hop and react faster to short events.")
 def export_command(run, formats, int8, calibration, calibration_data, data, test_fold,
                    eval_data, qat_epochs, qat_threshold, out, name, stem, no_report,
-                   max_eval_clips, no_tflm):
+                   max_eval_clips, no_tflm, window):
     """Export a trained student (checkpoint file or run folder) as .onnx / .tflite files.
 
     \b
@@ -274,6 +293,7 @@ def export_command(run, formats, int8, calibration, calibration_data, data, test
         click.echo(msg, err=True)
 
     result = export_checkpoint(run, out, formats or FORMATS, int8, calibration, data=data,
+                               window_seconds=window,
                                test_fold=test_fold, calibration_data=calibration_data,
                                eval_data=eval_data, qat_epochs=qat_epochs,
                                qat_threshold=qat_threshold, name=name, stem=stem,

@@ -211,3 +211,29 @@ def test_classify_cli_just_works_with_the_int8_tflite(exported):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["top"][0]["label"] in LABELS
+
+
+def test_window_option_exports_a_shorter_window_the_runtime_uses(exported, tmp_path):
+    """The students pool time globally, so the files may take a window shorter than the
+    training crop; the metadata says so and the runtime frames audio by it."""
+    out = tmp_path / "short"
+    result = CliRunner().invoke(main, ["export", str(exported["run"]), "-f", "onnx",
+                                       "--window", "0.5", "--no-report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = Model(out / "model.onnx")
+    assert model.info.n_frames < exported["ckpt"]["window_frames"]
+    assert abs(model.info.window_seconds - 0.5) < model.info.frontend.hop_length / 16000
+    clip = exported["test_clips"][0]["path"]
+    wave = load_audio(clip, model.sample_rate)
+    windows = quantize.runtime_windows(model.info, wave)
+    with torch.no_grad():
+        expected = torch.softmax(exported["student"](torch.from_numpy(windows)), -1).mean(0)
+    assert np.argmax(model.classify(clip).scores) == int(expected.argmax())
+
+
+def test_window_shorter_than_the_student_allows_is_a_clear_error(exported, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(exported["run"]), "-f", "onnx",
+                                       "--window", "0.05", "--no-report",
+                                       "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0
+    assert "needs at least" in result.output
