@@ -22,6 +22,7 @@ import numpy as np
 import soxr
 
 from .audio import to_mono
+from .modelfile import DEFAULT_STREAM_SETTINGS
 
 
 @dataclass
@@ -95,8 +96,14 @@ class Stream:
             unknown = set(threshold) - set(labels)
             if unknown:
                 raise ValueError(f"thresholds for unknown labels: {sorted(unknown)}")
-            default = float(self.model.info.stream["threshold"])
-            return np.array([float(threshold.get(lab, default)) for lab in labels], np.float32)
+            # labels the dict leaves out keep the model's own threshold, which may itself be
+            # per class (a dict in the model file), else the library default
+            shipped = self.model.info.stream["threshold"]
+            per_class = shipped if isinstance(shipped, dict) else {}
+            default = (float(DEFAULT_STREAM_SETTINGS["threshold"]) if isinstance(shipped, dict)
+                       else float(shipped))
+            return np.array([float(threshold.get(lab, per_class.get(lab, default)))
+                             for lab in labels], np.float32)
         return np.full(len(labels), float(threshold), np.float32)
 
     @property

@@ -97,6 +97,18 @@ def test_threshold_patience_and_per_class_thresholds(model, esc50):
     assert t_slow == pytest.approx(t_fast + 2 * slow.hop_seconds)
 
 
+def test_per_class_thresholds_from_the_model_file():
+    shipped = Model(PLACEHOLDER.with_suffix(".tflite"))   # its own copy: the metadata is edited
+    shipped.info.stream["threshold"] = {"dog": 0.8, "rain": 0.3}
+    labels = shipped.labels
+    assert shipped.stream().thresholds[labels.index("dog")] == pytest.approx(0.8)
+    assert shipped.stream().thresholds[labels.index("rooster")] == pytest.approx(0.5)
+    merged = shipped.stream(threshold={"dog": 0.6}).thresholds   # a caller's dict on top
+    assert merged[labels.index("dog")] == pytest.approx(0.6)
+    assert merged[labels.index("rain")] == pytest.approx(0.3)
+    assert set(shipped.stream(threshold=0.4).thresholds) == {np.float32(0.4)}
+
+
 def test_memory_is_bounded(model):
     stream = model.stream(smooth=4)
     rng = np.random.default_rng(1)
