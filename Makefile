@@ -34,7 +34,8 @@ test: setup $(TFLITE_VENV)/.setup-done
 	$(BIN)/python -m pytest -q
 	@if [ -x $(TFLITE_VENV)/bin/python ]; then \
 	    echo "the backend suite again, under tflite-runtime (numpy < 2):"; \
-	    $(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime/test_backends.py; \
+	    $(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime/test_backends.py \
+	        tests/runtime/test_bundled_model.py; \
 	fi
 
 $(TFLITE_VENV)/.setup-done: pyproject.toml

@@ -13,7 +13,7 @@ from .errors import ModelFileError
 from .frontend import Frontend
 from .modelfile import read_model_bytes
 
-DEFAULT_MODEL_NAME = "esc10-placeholder.tflite"  # until the ESC-50 student lands
+DEFAULT_MODEL_NAME = "esc50-student.int8.tflite"  # recipes/esc50_default_model.sh; MODEL_CARD.md
 
 
 def default_model_path() -> Path:
