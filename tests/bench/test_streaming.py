@@ -2,6 +2,7 @@
 (detections, latency from emission, false alarms, the background's own class)."""
 import importlib.util
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -59,3 +60,17 @@ def test_held_out_fold_from_either_kind_of_provenance():
     assert bench.held_out_fold({"config": {"data": "/x/esc50", "fold": None}}) == 5
     assert bench.held_out_fold({"config": {"data": "my_clips/"}}) is None
     assert bench.held_out_fold({}) is None
+
+
+def test_model_limited_latency_is_the_first_raw_crossing_after_the_onset():
+    engine = SimpleNamespace(model=SimpleNamespace(labels=["dog", "cat"]),
+                             thresholds=np.array([0.5, 0.5], np.float32))
+    times = np.arange(1, 41) * 0.25                     # hops at 0.25 ... 10 s
+    raw = np.zeros((40, 2), np.float32)
+    raw[times == 2.0, 0] = 0.9                          # before the onset: not counted
+    raw[times == 3.5, 0] = 0.6                          # 0.6 s after the onset
+    run = bench.EngineRun(engine, [], times, raw, raw)
+    placed = [bench.PlacedEvent("dog", "a", 0.0, -40.0, onset=2.9, end=3.5),
+              bench.PlacedEvent("cat", "b", 0.0, -40.0, onset=5.0, end=6.0)]
+    floors = bench.model_limited_latencies(run, placed, window=4.0)
+    assert floors[0] == pytest.approx(0.6) and floors[1] is None
