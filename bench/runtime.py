@@ -2,7 +2,7 @@
 """Runtime benchmark: per backend, compute time per second of audio on 1 thread, and the CPU
 share of `edgeaudio listen --input FILE` in real time.
 
-    .venv/bin/python bench/runtime.py [--model-stem tests/data/esc10-placeholder] [--json out]
+    .venv/bin/python bench/runtime.py [--model-stem edgeaudio/models/esc50-student.int8] [--json out]
 
 Prints a table and writes bench/results/runtime.json. The streaming figure is the whole engine
 at the model's default hop (front end + model every hop); "model only" and "front end only"
@@ -81,8 +81,9 @@ def cpu_of_listen(model_path: Path, backend: str, audio: Path, duration: float |
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-stem", type=Path, default=REPO / "tests/data/esc10-placeholder",
-                    help="model files <stem>.onnx and <stem>.tflite")
+    ap.add_argument("--model-stem", type=Path,
+                    default=REPO / "edgeaudio/models/esc50-student.int8",
+                    help="model files <stem>.onnx and <stem>.tflite (default: the bundled model)")
     ap.add_argument("--audio", type=Path, default=REPO / "examples/scene.flac",
                     help="recording for the streaming and CPU-share figures")
     ap.add_argument("--json", type=Path, default=REPO / "bench/results/runtime.json")
@@ -96,7 +97,7 @@ def main():
             if not backend_available(backend):
                 print(f"skipping {backend}: not installed", file=sys.stderr)
                 continue
-            path = args.model_stem.with_suffix("." + fmt)
+            path = args.model_stem.parent / f"{args.model_stem.name}.{fmt}"
             model = Model(path, backend=backend, threads=1)
             assert rate == model.sample_rate, "benchmark audio must be at the model rate"
             window = wave[:model.info.window_samples]
