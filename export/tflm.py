@@ -133,11 +133,17 @@ class TFLMRunner:
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """Log features ``[n_frames, bins]`` -> raw float outputs ``[classes]``."""
-        y = self.run_raw(self.quantize_input(features))
-        q = tensor_quantization(self.out)
-        if np.dtype(self.out["dtype"]) in (np.int8, np.uint8) and q:
-            y = (y.astype(np.float32) - q[1]) * q[0]
-        return np.asarray(y, np.float32).reshape(-1)
+        return dequantized(self.run_raw(self.quantize_input(features)), self.out)
+
+
+def dequantized(raw: np.ndarray, detail: dict) -> np.ndarray:
+    """Raw output values as floats ``[classes]`` (int8 outputs through their scale and zero
+    point)."""
+    q = tensor_quantization(detail)
+    y = raw
+    if np.dtype(detail["dtype"]) in (np.int8, np.uint8) and q:
+        y = (raw.astype(np.float32) - q[1]) * q[0]
+    return np.asarray(y, np.float32).reshape(-1)
 
 
 class LiteRTReference:
@@ -160,3 +166,7 @@ class LiteRTReference:
         self.interpreter.set_tensor(self.inp["index"], np.asarray(x).reshape(self.inp["shape"]))
         self.interpreter.invoke()
         return np.asarray(self.interpreter.get_tensor(self.out["index"]))
+
+    def run(self, runner: "TFLMRunner", features: np.ndarray) -> np.ndarray:
+        """Raw float outputs for log features, quantized and dequantized as ``runner`` does."""
+        return dequantized(self.run_raw(runner.quantize_input(features)), runner.out)

@@ -189,6 +189,8 @@ def test_int8_tflite_runs_under_tflm_bit_exact_with_litert_reference_kernels(exp
     assert tflm["bit_exact_with_litert_reference_kernels"] >= 0.95
     assert tflm["max_diff_vs_litert_reference_steps"] <= 1
     assert tflm["bit_exact_windows_checked"] >= 100
+    assert tflm["agreement_windows_reference_kernels"] >= 0.95
+    assert tflm["agreement_clips_reference_kernels"] >= 0.95
     data = (exported["out"] / "model.int8.tflite").read_bytes()
     arena = smallest_arena(data)
     assert arena == tflm["arena_bytes"] and fits(strip_metadata(data), arena)
