@@ -60,6 +60,8 @@ from torch.nn import functional as F
 
 from edgeaudio.frontend import hann_window, mel_filterbank
 
+from .freezing import PartlyFrozen
+
 # ----------------------------------------------------------------------------- front end
 
 # (window, hop) in milliseconds per channel, from Palanisamy et al. 2020
@@ -560,7 +562,7 @@ def imagenet_image_tensor(image: np.ndarray, arch: str = "efficientnet_lite0",
 
 # ----------------------------------------------------------------------------- audio classifier
 
-class ImageNetAudioClassifier(nn.Module):
+class ImageNetAudioClassifier(PartlyFrozen):
     """Waveform ``[B, S]`` -> logits ``[B, n_classes]``: ``MultiResolutionLogMel`` -> an
     ImageNet backbone -> global average pooling -> a new linear head.
 
@@ -636,20 +638,7 @@ class ImageNetAudioClassifier(nn.Module):
         else:
             children = list(backbone.features.children())
             modules = children[:4 + 2 * freeze_blocks]  # stem, then (block, transition) pairs
-        frozen = set()
-        for module in modules:
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
-                frozen.add(id(parameter))
-        self._frozen_modules = modules
-        self.train(self.training)
-        return [p for p in self.parameters() if id(p) not in frozen]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for module in getattr(self, "_frozen_modules", []):
-            module.eval()
-        return self
+        return self.freeze(modules)
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:

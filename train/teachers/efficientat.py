@@ -34,6 +34,7 @@ import soxr
 import torch
 from torch import nn
 
+from ..freezing import PartlyFrozen
 from .base import Teacher, TeacherWeightsError, as_waveform, require_file, resolve_shared_dir
 
 MODEL_SAMPLE_RATE = 32000
@@ -248,7 +249,7 @@ class MobileNetV3Audio(nn.Module):
         return self.classifier(feature_map), feature_map
 
 
-class EfficientATClassifier(nn.Module):
+class EfficientATClassifier(PartlyFrozen):
     """mn04 for fine-tuning on a sound task: 32 kHz waveform ``[B, S]`` -> logits.
 
     EfficientAT's own way to a new task (models/mn/model.py drops only ``classifier.5`` when
@@ -312,20 +313,7 @@ class EfficientATClassifier(nn.Module):
         if freeze_blocks <= 0:
             return [p for p in self.parameters() if p.requires_grad]
         modules = list(self.network.features.children())[:1 + freeze_blocks]
-        frozen = set()
-        for module in modules:
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
-                frozen.add(id(parameter))
-        self._frozen_modules = modules
-        self.train(self.training)
-        return [p for p in self.parameters() if id(p) not in frozen]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for module in getattr(self, "_frozen_modules", []):
-            module.eval()
-        return self
+        return self.freeze(modules)
 
 
 # ----------------------------------------------------------------------------- teacher
