@@ -636,14 +636,31 @@ def plot_confusion(confusion, labels: list, path: Path, title: str = "") -> None
 # ---------------------------------------------------------------------------- training
 
 
-def _check_resume_config(stored: dict, cfg: TrainConfig) -> None:
-    new = cfg.to_dict()
-    stored = TrainConfig.from_dict(stored).to_dict()  # settings added since: their defaults
-    differ = [k for k in new if k not in ("epochs", "eval_every") and stored.get(k) != new[k]]
-    if differ:
-        raise TrainError("--resume with settings that differ from the run's: "
-                         + ", ".join(f"{k} ({stored.get(k)!r} -> {new[k]!r})" for k in differ)
-                         + "; resume with the same flags or start a new --out")
+def open_run(out_dir: Path, cfg, resume: bool, error: type[Exception]) -> dict | None:
+    """Open a run folder for training ``cfg`` (a config with ``to_dict`` / ``from_dict``).
+
+    With ``resume``: the checkpoint's state, whose settings must be ``cfg``'s (but for epochs
+    and eval_every; settings added since it was written take their defaults). Without: the
+    folder must not hold a run. Either way the run's settings go to its log."""
+    ckpt_path = out_dir / "checkpoint.pt"
+    state = None
+    if resume:
+        if not ckpt_path.exists():
+            raise error(f"--resume: no checkpoint in {out_dir}; start without --resume")
+        state = load_checkpoint(ckpt_path)
+        new = cfg.to_dict()
+        stored = type(cfg).from_dict(state["config"]).to_dict()
+        differ = [k for k in new if k not in ("epochs", "eval_every") and stored.get(k) != new[k]]
+        if differ:
+            raise error("--resume with settings that differ from the run's: "
+                        + ", ".join(f"{k} ({stored.get(k)!r} -> {new[k]!r})" for k in differ)
+                        + "; resume with the same flags or start a new --out")
+    elif ckpt_path.exists():
+        raise error(f"{out_dir} already holds a run (checkpoint.pt); pass --resume to "
+                    f"continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_line(out_dir, f"run {out_dir}: {json.dumps(cfg.to_dict())}", echo=False)
+    return state
 
 
 def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = True,
@@ -660,19 +677,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
-    state = None
-    if resume:
-        if not ckpt_path.exists():
-            raise TrainError(f"--resume: no checkpoint in {out_dir}; start without --resume")
-        state = load_checkpoint(ckpt_path)
-        _check_resume_config(state["config"], cfg)
-        if state.get("train_state") is None:
-            raise TrainError(f"{ckpt_path}: holds no training state to resume from")
-    elif ckpt_path.exists():
-        raise TrainError(f"{out_dir} already holds a run (checkpoint.pt); pass --resume to "
-                         f"continue it or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_line(out_dir, f"run {out_dir}: {json.dumps(cfg.to_dict())}", echo=False)
+    state = open_run(out_dir, cfg, resume, TrainError)
+    if state is not None and state.get("train_state") is None:
+        raise TrainError(f"{ckpt_path}: holds no training state to resume from")
 
     prep = prepared or prepare(cfg, progress=progress, cache=cache, get_teacher=get_teacher,
                                out_dir=out_dir)

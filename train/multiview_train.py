@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from edgeaudio.errors import EdgeAudioError
 
 from .blending import plot_weights
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .data import (clip_batches, drop_items, load_dataset, load_waveforms, make_crops,
                    split_indices)
-from .loop import (classification_report, log_line, lr_factor, plot_confusion, plot_curves,
-                   spec_augment, write_json)
+from .loop import (classification_report, log_line, lr_factor, open_run, plot_confusion,
+                   plot_curves, spec_augment, write_json)
 from .multiview import MultiViewNet, MultiViewObjective, describe_costs, self_ensemble
 from .views import parse_views
 
@@ -183,15 +183,6 @@ def readout_accuracies(objective: MultiViewObjective, logits: dict, targets: np.
     return acc
 
 
-def _check_resume_config(stored: dict, cfg: MultiViewConfig) -> None:
-    new = cfg.to_dict()
-    differ = [k for k in new if k not in ("epochs", "eval_every") and stored.get(k) != new[k]]
-    if differ:
-        raise MultiViewTrainError(
-            "--resume with settings that differ from the run's: "
-            + ", ".join(f"{k} ({stored.get(k)!r} -> {new[k]!r})" for k in differ))
-
-
 def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
                     progress: bool = True, stop_after_epoch: int | None = None,
                     threads: int | None = 1) -> dict:
@@ -203,17 +194,7 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
-    state = None
-    if resume:
-        if not ckpt_path.exists():
-            raise MultiViewTrainError(f"--resume: no checkpoint in {out_dir}")
-        state = load_checkpoint(ckpt_path)
-        _check_resume_config(state["config"], cfg)
-    elif ckpt_path.exists():
-        raise MultiViewTrainError(f"{out_dir} already holds a run (checkpoint.pt); pass "
-                                  f"--resume to continue it or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_line(out_dir, f"run {out_dir}: {json.dumps(cfg.to_dict())}", echo=False)
+    state = open_run(out_dir, cfg, resume, MultiViewTrainError)
 
     dataset = load_dataset(cfg.data, cfg.recipe)
     labels = dataset.labels
