@@ -30,6 +30,15 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
+def activate(raw: np.ndarray, activation: str) -> np.ndarray:
+    """A model's raw outputs as class scores, by its metadata's ``output_activation``."""
+    if activation == "softmax":
+        return softmax(raw)
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-raw))
+    return raw
+
+
 @dataclass
 class ClipResult:
     labels: list
@@ -79,13 +88,7 @@ class Model:
 
     def scores_for_features(self, features: np.ndarray) -> np.ndarray:
         """One window of log features ``[n_frames, bins]`` -> class scores."""
-        raw = self.backend.run(features)
-        act = self.info.output_activation
-        if act == "softmax":
-            return softmax(raw)
-        if act == "sigmoid":
-            return 1.0 / (1.0 + np.exp(-raw))
-        return raw
+        return activate(self.backend.run(features), self.info.output_activation)
 
     def scores_for_window(self, wave: np.ndarray) -> np.ndarray:
         """Exactly ``window_samples`` of audio at the model rate -> class scores."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeaudio.backends import BACKENDS_FOR_FORMAT, backend_available
 from edgeaudio.frontend import Frontend
-from edgeaudio.model import Model, softmax
+from edgeaudio.model import Model, activate
 from edgeaudio.modelfile import ModelInfo
 
 from .quantize import _load, runtime_windows
@@ -68,14 +68,6 @@ def eval_set(clips: list, info: ModelInfo, source: str = "") -> EvalSet:
         labels.append(clip.label)
         names.append(clip.path.name)
     return EvalSet(feats, labels, names, source)
-
-
-def activate(raw: np.ndarray, activation: str) -> np.ndarray:
-    if activation == "softmax":
-        return softmax(raw)
-    if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-raw))
-    return raw
 
 
 def pool(window_scores: np.ndarray, how: str) -> np.ndarray:

@@ -55,7 +55,7 @@ from gen_firmware import (firmware_model_bytes, generate, smallest_arena,  # noq
 
 from edgeaudio.backends import native_stderr_silenced  # noqa: E402
 from edgeaudio.export.tflm import tensor_quantization  # noqa: E402
-from edgeaudio.model import Model, softmax  # noqa: E402
+from edgeaudio.model import Model, activate  # noqa: E402
 
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
 
@@ -211,14 +211,6 @@ def model_windows(model: Model, wave: np.ndarray) -> np.ndarray:
     padded = np.zeros(starts[-1] + win, np.float32)
     padded[:len(wave)] = wave
     return np.stack([padded[s:s + win] for s in starts])
-
-
-def activate(raw: np.ndarray, activation: str) -> np.ndarray:
-    if activation == "softmax":
-        return softmax(raw)
-    if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-raw))
-    return raw
 
 
 def _runtime_int8(features: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
