@@ -19,14 +19,25 @@ from .errors import EdgeAudioError
 
 EXIT_USAGE = 2
 
-# command name -> (module, attribute, extra to install)
+# command name -> (module, attribute, extra to install, short help). Their modules import
+# torch (~2 s), so `edgeaudio --help` lists them from the short help kept here; a test holds it
+# equal to each command's own.
 LAZY_COMMANDS = {
-    "train": ("edgeaudio.train.cli", "train_command", "train"),
-    "evaluate": ("edgeaudio.train.cli", "evaluate_command", "train"),
-    "probe": ("edgeaudio.train.probe", "probe_command", "train"),
-    "teacher": ("edgeaudio.train.cli", "teacher_group", "train"),
-    "export": ("edgeaudio.export.cli", "export_command", "export"),
+    "train": ("edgeaudio.train.cli", "train_command", "train",
+              "Train a student (teachers shape it at training time only)."),
+    "evaluate": ("edgeaudio.train.cli", "evaluate_command", "train",
+                 "Accuracy, per-class report and confusion matrix of a trained run."),
+    "probe": ("edgeaudio.train.probe", "probe_command", "train",
+              "Linear probes of pretrained teachers' embeddings on your data: how much each "
+              "teacher already knows about your classes (and so which to distil from)."),
+    "teacher": ("edgeaudio.train.cli", "teacher_group", "train",
+                "Teachers fitted on your data (fine-tuned pretrained networks, deep ensembles)."),
+    "export": ("edgeaudio.export.cli", "export_command", "export",
+               "Export a trained student (checkpoint file or run folder) as .onnx / .tflite "
+               "files."),
 }
+# An extra counts as installed when these import (checked without importing them).
+EXTRA_MODULES = {"train": ("torch",), "export": ("torch", "onnx")}
 
 
 def fail(message: str):
@@ -36,20 +47,39 @@ def fail(message: str):
 
 class EdgeAudioGroup(click.Group):
     def list_commands(self, ctx):
-        lazy = [name for name, (module, _, _) in LAZY_COMMANDS.items() if _module_exists(module)]
+        lazy = [name for name, (module, *_) in LAZY_COMMANDS.items() if _module_exists(module)]
         return sorted(set(super().list_commands(ctx)) | set(lazy))
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
         if command is not None or name not in LAZY_COMMANDS:
             return command
-        module_name, attr, extra = LAZY_COMMANDS[name]
+        module_name, attr, extra, _ = LAZY_COMMANDS[name]
         if not _module_exists(module_name):
             return None
         try:
             return getattr(importlib.import_module(module_name), attr)
         except ImportError as exc:
             return _needs_extra(name, extra, exc)
+
+    def format_commands(self, ctx, formatter):
+        """Click's listing, but lazy commands come from LAZY_COMMANDS, not from an import."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
+        rows = []
+        for name in names:
+            if name in LAZY_COMMANDS:
+                _, _, extra, short = LAZY_COMMANDS[name]
+                if not all(_module_exists(m) for m in EXTRA_MODULES[extra]):
+                    short = _needs_extra_help(extra)
+                rows.append((name, click.utils.make_default_short_help(short, limit)))
+            else:
+                command = self.get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -59,14 +89,17 @@ class EdgeAudioGroup(click.Group):
 
 
 def _needs_extra(name: str, extra: str, exc: ImportError) -> click.Command:
-    """Stands in for a command whose extra is not installed: listed in --help (click loads
-    every command to list it), and running it says what to install."""
+    """Stands in for a command whose extra is not installed: running it says what to install."""
     message = (f"'edgeaudio {name}' needs the {extra} extra ({exc.name or exc} is missing): "
                f"pip install 'edgeaudio[{extra}]'")
     return click.Command(name, callback=lambda **_: fail(message), add_help_option=False,
                          context_settings={"ignore_unknown_options": True,
                                            "allow_extra_args": True},
-                         short_help=f"(needs: pip install 'edgeaudio[{extra}]')")
+                         short_help=_needs_extra_help(extra))
+
+
+def _needs_extra_help(extra: str) -> str:
+    return f"(needs: pip install 'edgeaudio[{extra}]')"
 
 
 def _module_exists(name: str) -> bool:

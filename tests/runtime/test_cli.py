@@ -1,4 +1,5 @@
 """The CLI as a user runs it: real processes, real model files, real clips."""
+import importlib
 import json
 import os
 import pty
@@ -199,3 +200,23 @@ def test_help_lists_training_commands_without_torch_and_running_one_says_what_to
     assert error_lines(trained.stderr) == [
         "error: 'edgeaudio train' needs the train extra (torch is missing): "
         "pip install 'edgeaudio[train]'"]
+
+
+def test_help_lists_training_commands_without_importing_torch():
+    code = ("import sys\nfrom edgeaudio.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch imported' if 'torch' in sys.modules "
+            "else 'torch not imported')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "torch not imported"
+    assert "train " in done.stdout and "export " in done.stdout
+
+
+def test_lazy_commands_short_help_matches_the_commands_own():
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from edgeaudio.cli import LAZY_COMMANDS
+    for name, (module, attr, _, short) in LAZY_COMMANDS.items():
+        command = getattr(importlib.import_module(module), attr)
+        assert command.get_short_help_str(10_000) == short, name
