@@ -49,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _runs import esc50_present, save_report
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
@@ -241,8 +243,7 @@ def main(argv=None) -> int:
         for row, (desc, _) in ROWS.items():
             print(f"{row:30s} {desc}\n    {cli_command(row, 1)}")
         return 0
-    if args.command in ("run", "time") and not (ESC50 / "meta" / "esc50.csv").exists():
-        print(f"ESC-50 not found at {ESC50} (set EDGEAUDIO_SHARED)", file=sys.stderr)
+    if args.command in ("run", "time") and not esc50_present(ESC50):
         return 2
     if args.command == "time":
         print(json.dumps(time_epochs(args.row, args.fold), indent=2))
@@ -253,10 +254,7 @@ def main(argv=None) -> int:
         run_rows(rows, parse_folds(args.folds), not args.quiet)
         return 0
     results = collect()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    print(f"\n{RESULTS.relative_to(REPO)}", file=sys.stderr)
+    save_report(results, RESULTS, markdown(results), REPO)
     return 0
 
 

@@ -52,6 +52,8 @@ import sys
 import time
 from pathlib import Path
 
+from _runs import esc50_present, save_report
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
@@ -318,8 +320,7 @@ def main(argv=None) -> int:
                   + f"\n    {cli_command(row)}")
         print(f"estimated total: ~{total / 60:.1f} CPU hours" if total else COST)
         return 0
-    if args.command in ("run", "time") and not (ESC50 / "meta" / "esc50.csv").exists():
-        print(f"ESC-50 not found at {ESC50} (set EDGEAUDIO_SHARED)", file=sys.stderr)
+    if args.command in ("run", "time") and not esc50_present(ESC50):
         return 2
     if args.command == "run":
         run_rows(args.rows, not args.quiet)
@@ -331,10 +332,7 @@ def main(argv=None) -> int:
         time_rows(args.rows or list(TEACHERS), args.fraction)
         return 0
     results = collect()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    print(f"\n{RESULTS.relative_to(REPO)}", file=sys.stderr)
+    save_report(results, RESULTS, markdown(results), REPO)
     return 0
 
 

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from _runs import esc50_present, save_report
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
@@ -183,17 +185,13 @@ def main(argv=None) -> int:
             print(f"{row:24s} {desc}\n    {cli_command(row, 1, 1.0)}")
         return 0
     if args.command == "run":
-        if not (ESC50 / "meta" / "esc50.csv").exists():
-            print(f"ESC-50 not found at {ESC50} (set EDGEAUDIO_SHARED)", file=sys.stderr)
+        if not esc50_present(ESC50):
             return 2
         from edgeaudio.train.data import parse_folds
         run_rows(args.rows, parse_folds(args.folds), args.fraction, not args.quiet)
         return 0
     results = collect()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    print(f"\n{RESULTS.relative_to(REPO)}", file=sys.stderr)
+    save_report(results, RESULTS, markdown(results), REPO)
     return 0
 
 
