@@ -28,17 +28,18 @@ row continues from its last epoch). One torch thread per run; at most two runs a
 Cost, measured by ``time`` (``bench/results/multiview_esc50_timing.json``): CPU seconds of one
 torch thread, one epoch on a quarter of the training clips scaled to the 1450 of a full
 epoch, 2-core Xeon VM shared with two other trainings at the time (wall time ran 1-2.5x the
-CPU time). At 40 epochs with a held-out evaluation every 5:
+CPU time). At 20 epochs (half the student's 40, to fit the 4-view rows in a CPU session)
+with a held-out evaluation every 5:
 
     row         CPU s / epoch   evaluation (400 clips)   run
-    mel               16              3 s              ~11 min
-    gammatone         16              3 s              ~11 min
-    cqt               24              5 s              ~17 min
-    raw               32              3 s              ~22 min
-    concat            98             17 s              ~68 min
-    late             102             17 s              ~70 min
-    blend            107             16 s              ~73 min  (measuring for blending: ~8 %)
-    total                                              ~4.5 CPU hours, ~2.3 h on two free cores
+    mel               16              3 s               ~5 min
+    gammatone         16              3 s               ~5 min
+    cqt               24              5 s               ~8 min
+    raw               32              3 s              ~11 min
+    concat            98             17 s              ~34 min
+    late             102             17 s              ~35 min
+    blend            107             16 s              ~37 min  (measuring for blending: ~8 %)
+    total                                              ~2.3 CPU hours, ~1.2 h on two free cores
 
 plus about a minute per run to decode ESC-50. ``list`` prints the estimates for the current
 budget.
@@ -77,7 +78,7 @@ ROWS = {
               {"views": ALL, "blend": "adaptive"}),
 }
 FOLD = 1
-EPOCHS = 40
+EPOCHS = 20
 BASE = {"recipe": "esc50", "fold": FOLD, "epochs": EPOCHS, "seed": 0, "eval_every": 5}
 COST_NOTE = "run `time` first: it writes the measured CPU seconds per epoch"
 

@@ -15,7 +15,7 @@ Questions, each on the same budget within a question:
     .venv/bin/python bench/teacher_fit.py time          # one short timing run per teacher row
     nohup nice .venv/bin/python bench/teacher_fit.py run mn04 mn04-random \\
         > runs/bench-teacher-fit.log 2>&1 &            # sequential, each resumable
-    .venv/bin/python bench/teacher_fit.py run lite0-x3 lite0-random student-kd-lite0
+    .venv/bin/python bench/teacher_fit.py run lite0-x2 lite0-random student-kd-lite0
     .venv/bin/python bench/teacher_fit.py report        # JSON + markdown table
 
 Teachers live in ``runs/bench/teacher_fit/<row>`` and students in
@@ -30,11 +30,11 @@ one held-out evaluation of 400 clips; 2-core Xeon VM shared with other trainings
     row                  CPU s / epoch   evaluation   budget            run
     mn04                       99            9 s       20 epochs         ~36 min
     mn04-random                98           10 s       20 epochs         ~36 min
-    lite0-x3                  168           14 s       3 x 10 epochs     ~91 min
+    lite0-x2                  168           14 s       2 x 10 epochs     ~61 min
     lite0-random              166           13 s       10 epochs         ~30 min
     densenet121-random        351           29 s       10 epochs         ~63 min  (optional)
     student-kd-mn04      teacher embeds 2000 clips once (~1 min) + 40 student epochs ~37 min
-    student-kd-lite0     3 members embed 2000 clips (~4 min) + 40 student epochs     ~39 min
+    student-kd-lite0     2 members embed 2000 clips (~3 min) + 40 student epochs     ~39 min
     total without DenseNet                                                ~4.5 CPU hours
 
 (the student figure is the reference ``kd`` run's training time from bench/train_esc50.py).
@@ -69,8 +69,8 @@ TEACHERS = {
     "mn04": ("EfficientAT mn04, AudioSet init", {"arch": "efficientat_mn04", "epochs": 20}),
     "mn04-random": ("EfficientAT mn04, random init",
                     {"arch": "efficientat_mn04", "epochs": 20, "pretrained": False}),
-    "lite0-x3": ("EfficientNet-Lite0, ImageNet init, ensemble of 3",
-                 {"arch": "efficientnet_lite0", "epochs": 10, "ensemble": 3}),
+    "lite0-x2": ("EfficientNet-Lite0, ImageNet init, ensemble of 2",
+                 {"arch": "efficientnet_lite0", "epochs": 10, "ensemble": 2}),
     "lite0-random": ("EfficientNet-Lite0, random init",
                      {"arch": "efficientnet_lite0", "epochs": 10, "pretrained": False}),
     # optional: no ImageNet DenseNet weights exist here, so only its random-init baseline
@@ -81,7 +81,7 @@ TEACHERS = {
 STUDENTS = {
     "student-kd-mn04": ("small student + KD from the fitted mn04's head", "mn04"),
     "student-kd-lite0": ("small student + KD from the fitted Lite0 ensemble's heads",
-                         "lite0-x3"),
+                         "lite0-x2"),
 }
 STUDENT = {"recipe": "esc50", "student": "small", "epochs": 40, "seed": 0, "kd": 0.7,
            "eval_every": 5}
