@@ -76,6 +76,8 @@ ROWS = {
     "late": ("4 views, late fusion (mean of view heads)", {"views": ALL, "blend": "late"}),
     "blend": ("4 views, adaptive gradient blending, self-ensemble",
               {"views": ALL, "blend": "adaptive"}),
+    "blend-floor": ("4 views, adaptive gradient blending, weights floored at 0.1, self-ensemble",
+                    {"views": ALL, "blend": "adaptive", "blend_floor": 0.1}),
 }
 FOLD = 1
 EPOCHS = 20
@@ -96,7 +98,8 @@ def cli_command(row: str) -> str:
     cfg = ROWS[row][1]
     return (f"edgeaudio train --data ../shared/data/esc50 --recipe esc50 --fold {FOLD} "
             f"--student multiview --views {cfg['views']} --blend {cfg['blend']} "
-            f"--epochs {EPOCHS} --seed {BASE['seed']} --eval-every {BASE['eval_every']} "
+            + (f"--blend-floor {cfg['blend_floor']} " if "blend_floor" in cfg else "")
+            + f"--epochs {EPOCHS} --seed {BASE['seed']} --eval-every {BASE['eval_every']} "
             f"--out {run_dir(row).relative_to(REPO)}")
 
 

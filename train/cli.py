@@ -83,6 +83,9 @@ def _default_out(cfg, folds) -> Path:
                    "self-ensemble; none = concatenation fusion; late = mean of view heads.")
 @click.option("--blend-every", type=click.IntRange(1), default=None,
               help="With --blend adaptive: steps between weight updates (default: an epoch).")
+@click.option("--blend-floor", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="With --blend adaptive: smallest weight, as a fraction of an equal share "
+                   "(0 lets a head stop learning; 0.1 keeps every head learning a little).")
 @click.option("--teacher", "teachers", multiple=True, help="Teacher for the regulariser "
               "(repeatable; concatenated).")
 @click.option("--reg", type=click.Choice(REGULARIZERS), default="none", show_default=True,
@@ -142,7 +145,7 @@ def _default_out(cfg, folds) -> Path:
               callback=_list_students, help="List the student sizes and exit.")
 @click.option("--list-teachers", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_teachers, help="List the teachers and exit.")
-def train_command(data, recipe, fold, folds, student, views, blend, blend_every, teachers, reg, alpha, method, kd,
+def train_command(data, recipe, fold, folds, student, views, blend, blend_every, blend_floor, teachers, reg, alpha, method, kd,
                   kd_teachers, kd_temperature, kd_mixtures, mixture_prob, epochs, batch_size, lr, seed, crop_seconds,
                   mixup, no_specaugment, train_fraction, skip_unreadable, out, resume, threads,
                   stop_after, quiet, classes, contrastive, unlabeled, contrastive_weight,
@@ -180,8 +183,8 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
                              "--kd, --method) and on one --fold")
         from .multiview_train import MultiViewConfig, train_multiview
         mv_cfg = MultiViewConfig(data=str(data), recipe=recipe, fold=fold, views=views,
-                                 blend=blend, blend_every=blend_every, epochs=epochs,
-                                 batch_size=batch_size, lr=lr, seed=seed,
+                                 blend=blend, blend_every=blend_every, blend_floor=blend_floor,
+                                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  crop_seconds=crop_seconds, mixup=mixup,
                                  specaugment=not no_specaugment,
                                  train_fraction=train_fraction, skip_unreadable=skip_unreadable,

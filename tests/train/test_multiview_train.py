@@ -46,7 +46,7 @@ def test_cli_trains_with_adaptive_blending_and_logs_the_weights(small_csv, tmp_p
     out = tmp_path / "run"
     result = invoke("train", "--data", small_csv, "--fold", 2, "--student", "multiview",
                     "--views", "mel,raw", "--blend", "adaptive", "--blend-every", 1,
-                    "--epochs", 2, "--batch-size", 4, "--crop", 2.0, "--out", out, "--quiet")
+                    "--blend-floor", 0.5, "--epochs", 2, "--batch-size", 4, "--crop", 2.0, "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output and "self-ensemble" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -56,6 +56,9 @@ def test_cli_trains_with_adaptive_blending_and_logs_the_weights(small_csv, tmp_p
     # 12 clips / batch 4 = 3 steps an epoch, weights measured every step
     assert [r["step"] for r in blending["history"]] == [1, 2, 3, 4, 5, 6]
     assert all(abs(sum(r["weights"].values()) - 1) < 1e-9 for r in blending["history"])
+    # --blend-floor 0.5 of an equal share (1/3): no head stops learning
+    assert blending["floor"] == 0.5
+    assert all(w >= 0.5 / 3 - 1e-9 for r in blending["history"] for w in r["weights"].values())
     assert set(blending["final_weights"]) == {"mel", "raw", "joint"}
     assert [h["weights"] for h in metrics["history"]][-1] == blending["final_weights"]
     readouts = metrics["accuracy_by_readout"]
