@@ -39,6 +39,7 @@ with a held-out evaluation every 5:
     concat            98             17 s              ~34 min
     late             102             17 s              ~35 min
     blend            107             16 s              ~37 min  (measuring for blending: ~8 %)
+    blend-floor      not timed: the same network and work as blend
     total                                              ~2.3 CPU hours, ~1.2 h on two free cores
 
 plus about a minute per run to decode ESC-50. ``list`` prints the estimates for the current

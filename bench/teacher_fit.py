@@ -35,7 +35,7 @@ one held-out evaluation of 400 clips; 2-core Xeon VM shared with other trainings
     densenet121-random        351           29 s       10 epochs         ~63 min  (optional)
     student-kd-mn04      teacher embeds 2000 clips once (~1 min) + 40 student epochs ~37 min
     student-kd-lite0     2 members embed 2000 clips (~3 min) + 40 student epochs     ~39 min
-    total without DenseNet                                                ~4.5 CPU hours
+    total without DenseNet                                                ~4.0 CPU hours
 
 (the student figure is the reference ``kd`` run's training time from bench/train_esc50.py).
 ``list`` prints the estimates for the current budget. The DenseNet row is optional: with no

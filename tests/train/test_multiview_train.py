@@ -46,7 +46,8 @@ def test_cli_trains_with_adaptive_blending_and_logs_the_weights(small_csv, tmp_p
     out = tmp_path / "run"
     result = invoke("train", "--data", small_csv, "--fold", 2, "--student", "multiview",
                     "--views", "mel,raw", "--blend", "adaptive", "--blend-every", 1,
-                    "--blend-floor", 0.5, "--epochs", 2, "--batch-size", 4, "--crop", 2.0, "--out", out, "--quiet")
+                    "--blend-floor", 0.5, "--epochs", 2, "--batch-size", 4, "--crop", 2.0,
+                    "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output and "self-ensemble" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
