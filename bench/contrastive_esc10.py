@@ -58,6 +58,7 @@ ESC50 = SHARED / "data" / "esc50"
 OTHER_DOMAINS = [SHARED / "data" / "fsdd", SHARED / "data" / "drums"]
 RUNS = REPO / "runs" / "bench" / "contrastive_esc10"
 RESULTS = REPO / "bench" / "results" / "contrastive_esc10.json"
+CURVES_PLOT = REPO / "docs" / "contrastive" / "esc10_label_fractions.png"
 
 EPOCHS = 60          # ESC-10 rows: 600 steps of 32 labeled clips
 CROSS_EPOCHS = 40    # ESC-50 rows: 2000 steps (the schedule of bench/train_esc50.py)
@@ -159,6 +160,7 @@ def collect() -> dict:
             curve = held_out_curve(m)
             fold = int(fold_dir.name[4:])
             folds[fold] = {"best": max(curve), "last_mean": statistics.mean(curve[-LAST:]),
+                           "curve": curve,
                            "final": m["accuracy"], "epochs_evaluated": len(curve),
                            "n_train": m["n_train"], "train_seconds": m["train_seconds"],
                            "unlabeled_items": ((m.get("contrastive") or {}).get("unlabeled")
@@ -199,6 +201,49 @@ def markdown(results: dict) -> str:
             lines.append(f"| {labeled} | {pool} | {','.join(map(str, sorted(folds_run)))} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_curves(results: dict, path: Path) -> Path | None:
+    """Held-out accuracy per epoch (mean over the folds run), one panel per label fraction:
+    supervised against contrastive, the contrastive warm-up and the last-20 window marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    by_row = {r["row"]: r for r in results["rows"]}
+    fractions = [f for f in FRACTIONS
+                 if any(f"esc10-{arm}-frac{int(round(f * 100))}" in by_row
+                        for arm in ("supervised", "contrastive"))]
+    if not fractions:
+        return None
+    figure, axes = plt.subplots(1, len(fractions), figsize=(3.6 * len(fractions), 3.2),
+                                sharey=True, squeeze=False)
+    for ax, fraction in zip(axes[0], fractions):
+        pct = int(round(fraction * 100))
+        for arm, colour in (("supervised", "tab:blue"), ("contrastive", "tab:orange")):
+            row = by_row.get(f"esc10-{arm}-frac{pct}")
+            if not row:
+                continue
+            curves = [f["curve"] for f in row["folds"].values()]
+            length = min(len(c) for c in curves)
+            mean = [statistics.mean(c[i] for c in curves) * 100 for i in range(length)]
+            folds = sorted(row["folds"])
+            ax.plot(range(1, length + 1), mean, color=colour,
+                    label=f"{arm} (fold{'s' * (len(folds) > 1)} {','.join(map(str, folds))})")
+        ax.axvspan(EPOCHS - LAST + 0.5, EPOCHS + 0.5, color="0.9", zorder=0)
+        ax.axvline(max(1, round(0.1 * EPOCHS)) + 0.5, color="0.6", lw=0.8, ls=":")
+        ax.set_title(f"ESC-10, {pct} % of the labels", fontsize=10)
+        ax.set_xlabel("epoch (10 steps)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out accuracy (%)")
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    figure.suptitle("Contrastive regularization, ESC-40 unlabeled (dotted: warm-up ends; "
+                    f"grey: last {LAST} epochs)", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def time_epochs(row: str, fold: int) -> dict:
@@ -255,6 +300,9 @@ def main(argv=None) -> int:
         return 0
     results = collect()
     save_report(results, RESULTS, markdown(results), REPO)
+    plot = plot_curves(results, CURVES_PLOT)
+    if plot:
+        print(f"curves: {os.path.relpath(plot, REPO)}")
     return 0
 
 
