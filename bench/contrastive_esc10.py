@@ -190,16 +190,18 @@ def markdown(results: dict) -> str:
               f"esc10-contrastive-frac{int(round(f * 100))}") for f in FRACTIONS]
     pairs.append(("ESC-50", "FSDD + drums", "esc50-supervised", "esc50-contrastive-fsdd+drums"))
     for labeled, pool, plain, contrastive in pairs:
+        arms = [by_row.get(row, {"folds": {}})["folds"] for row in (plain, contrastive)]
+        # a paired comparison: where both arms ran, only the folds both finished
+        common = set(arms[0]) & set(arms[1])
+        folds_run = common if all(arms) else set(arms[0]) | set(arms[1])
+        if not folds_run:
+            continue
         cells = []
-        folds_run = set()
-        for row in (plain, contrastive):
-            folds = by_row.get(row, {"folds": {}})["folds"]
-            folds_run |= set(folds)
-            cells += [spread([f["best"] for f in folds.values()]),
-                      spread([f["last_mean"] for f in folds.values()])]
-        if folds_run:
-            lines.append(f"| {labeled} | {pool} | {','.join(map(str, sorted(folds_run)))} | "
-                         + " | ".join(cells) + " |")
+        for folds in arms:
+            chosen = [folds[k] for k in sorted(folds_run) if k in folds]
+            cells += [spread([f["best"] for f in chosen]), spread([f["last_mean"] for f in chosen])]
+        lines.append(f"| {labeled} | {pool} | {','.join(map(str, sorted(folds_run)))} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
