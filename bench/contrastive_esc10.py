@@ -24,17 +24,18 @@ vs the plain student with the same schedule.
 Held-out accuracy is measured after every epoch; the table reports the best epoch and the
 mean of the last 20 epochs (the paper's two figures), each as mean ± sd over the folds run.
 
-Epoch budget. `time` on the 2-core development machine, niced, while two other trainings held
-both cores (the run got about 3/4 of a core: 74 s of CPU in 98 s of wall time): an ESC-10
-epoch (10 steps of 32 clips, 4 s crops) took 11.7 s on labels alone and 72 s with the
-contrastive term (its step forwards 4 x 32 clips: the labeled and unlabeled originals and their
-mixed views, against 32 for the labels alone); a contrastive run peaks at about 4 GB of RAM
-(ESC-40 pool 0.5 GB, the rest activations). At ``EPOCHS`` = 60 (600 steps, enough for the
-last-20 mean to sit on the plateau of the cosine schedule) the 40 ESC-10 runs cost
-4 x 5 x 60 x (11.7 + 72) s ~ 28 h of one core; the cross-domain rows (50 steps per epoch,
-``CROSS_EPOCHS`` = 40, as bench/train_esc50.py) about 5 x 40 x 5 x (11.7 + 72) s ~ 23 h more.
-Two runs at once (one thread each): about 14 h for the ESC-10 experiment and 26 h for
-everything, less on an idle machine. Run the cross-domain rows on fold 1 first (~5 h).
+Epoch budget, measured by the fold-1 runs on the 2-core development machine (two runs at once,
+one thread each; ``train_seconds`` in each run's metrics.json): an ESC-10 epoch (10 steps of 32
+clips, 4 s crops) takes 6.4 s on labels alone and about 40 s with the contrastive term (its
+step forwards 4 x 32 clips: the labeled and unlabeled originals and their mixed views, against
+32 for the labels alone); a contrastive run peaks at about 4 GB of RAM (ESC-40 pool 0.5 GB, the
+rest activations). At ``EPOCHS`` = 60 (600 steps, enough for the last-20 mean to sit on the
+plateau of the cosine schedule) a supervised ESC-10 run takes 6.4 min and a contrastive one
+35-39 min, so the 40 ESC-10 runs cost about 14 h of one core. The cross-domain rows (50 steps
+per epoch, ``CROSS_EPOCHS`` = 40, as bench/train_esc50.py) should cost, from 5x those epoch
+times, about 2.4 h per fold (0.4 h
+supervised, 2 h contrastive), 12 h for 5 folds. Two runs at once: about 7 h for the ESC-10
+experiment and 13 h for everything. `time` gives a quick estimate from 2 epochs.
 Nothing here is hard-coded: the report reads each run's ``metrics.json``.
 """
 from __future__ import annotations
