@@ -33,8 +33,7 @@ rest activations). At ``EPOCHS`` = 60 (600 steps, enough for the last-20 mean to
 plateau of the cosine schedule) a supervised ESC-10 run takes 6.4 min and a contrastive one
 35-39 min, so the 40 ESC-10 runs cost about 14 h of one core. The cross-domain rows (50 steps
 per epoch, ``CROSS_EPOCHS`` = 40, as bench/train_esc50.py) should cost, from 5x those epoch
-times, about 2.4 h per fold (0.4 h
-supervised, 2 h contrastive), 12 h for 5 folds. Two runs at once: about 7 h for the ESC-10
+times, about 2.4 h per fold (0.4 h supervised, 2 h contrastive), 12 h for 5 folds. Two runs at once: about 7 h for the ESC-10
 experiment and 13 h for everything. `time` gives a quick estimate from 2 epochs.
 Nothing here is hard-coded: the report reads each run's ``metrics.json``.
 """
@@ -162,6 +161,7 @@ def collect() -> dict:
             fold = int(fold_dir.name[4:])
             folds[fold] = {"best": max(curve), "last_mean": statistics.mean(curve[-LAST:]),
                            "curve": curve,
+                           "contrastive_warmup": (m.get("contrastive") or {}).get("warmup_epochs"),
                            "final": m["accuracy"], "epochs_evaluated": len(curve),
                            "n_train": m["n_train"], "train_seconds": m["train_seconds"],
                            "unlabeled_items": ((m.get("contrastive") or {}).get("unlabeled")
@@ -234,7 +234,11 @@ def plot_curves(results: dict, path: Path) -> Path | None:
             ax.plot(range(1, length + 1), mean, color=colour,
                     label=f"{arm} (fold{'s' * (len(folds) > 1)} {','.join(map(str, folds))})")
         ax.axvspan(EPOCHS - LAST + 0.5, EPOCHS + 0.5, color="0.9", zorder=0)
-        ax.axvline(max(1, round(0.1 * EPOCHS)) + 0.5, color="0.6", lw=0.8, ls=":")
+        warmups = {f["contrastive_warmup"] for r in by_row.values() if r["train_fraction"] == fraction
+                   for f in r["folds"].values()
+                   if r["row"].startswith("esc10-") and f.get("contrastive_warmup")}
+        for warmup in warmups:  # as each run recorded it
+            ax.axvline(warmup + 0.5, color="0.6", lw=0.8, ls=":")
         ax.set_title(f"ESC-10, {pct} % of the labels", fontsize=10)
         ax.set_xlabel("epoch (10 steps)")
         ax.grid(alpha=0.3)
