@@ -33,8 +33,9 @@ rest activations). At ``EPOCHS`` = 60 (600 steps, enough for the last-20 mean to
 plateau of the cosine schedule) a supervised ESC-10 run takes 6.4 min and a contrastive one
 35-39 min, so the 40 ESC-10 runs cost about 14 h of one core. The cross-domain rows (50 steps
 per epoch, ``CROSS_EPOCHS`` = 40, as bench/train_esc50.py) should cost, from 5x those epoch
-times, about 2.4 h per fold (0.4 h supervised, 2 h contrastive), 12 h for 5 folds. Two runs at once: about 7 h for the ESC-10
-experiment and 13 h for everything. `time` gives a quick estimate from 2 epochs.
+times, about 2.4 h per fold (0.4 h supervised, 2 h contrastive), 12 h for 5 folds. Two runs
+at once: about 7 h for the ESC-10 experiment and 13 h for everything. `time` gives a quick
+estimate from 2 epochs.
 Nothing here is hard-coded: the report reads each run's ``metrics.json``.
 """
 from __future__ import annotations
