@@ -167,9 +167,13 @@ def test_live_view_updates_in_place_on_a_terminal(esc50):
     assert ">> dog" in screen
 
 
-def test_ctrl_c_exits_cleanly_with_a_summary(esc50):
+def test_ctrl_c_exits_cleanly_with_a_summary(esc50, tmp_path):
+    # A 30 s recording, so "stopped early" holds even when a loaded machine delays the signal.
+    audio, rate = sf.read(esc50_clip(DOG), dtype="float32")
+    long_clip = tmp_path / "dog_30s.wav"
+    sf.write(long_clip, np.tile(audio, 6), rate)
     proc = subprocess.Popen([sys.executable, "-m", "edgeaudio", "listen", "--input",
-                             str(esc50_clip(DOG)), "--json", "--model", str(MODEL)],
+                             str(long_clip), "--json", "--model", str(MODEL)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stderr.readline().startswith("listening to")
     time.sleep(2.0)
@@ -180,7 +184,7 @@ def test_ctrl_c_exits_cleanly_with_a_summary(esc50):
     summary = [line for line in err.splitlines() if line.startswith("listened")]
     assert len(summary) == 1, err
     seconds = float(summary[0].split()[1])
-    assert 1.0 <= seconds <= 4.0
+    assert 1.0 <= seconds < 25.0
 
 
 WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None  # import torch raises ImportError\n"
