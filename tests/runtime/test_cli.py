@@ -174,6 +174,8 @@ def test_ctrl_c_exits_cleanly_with_a_summary(esc50, tmp_path):
     sf.write(long_clip, np.tile(audio, 6), rate)
     proc = subprocess.Popen([sys.executable, "-m", "edgeaudio", "listen", "--input",
                              str(long_clip), "--json", "--model", str(MODEL)],
+                            # A terminal's Ctrl-C: a CI shell's background job ignores SIGINT.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stderr.readline().startswith("listening to")
     time.sleep(2.0)
