@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import BackendError, ModelFileError
 from .modelfile import ModelInfo, info_from_onnx_metadata, info_from_tflite
+from .quant import dequantize, is_quantized, quantize
 
 BACKENDS_FOR_FORMAT = {"onnx": ("onnxruntime",), "tflite": ("litert", "tflite-runtime")}
 _MODULE_OF = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert",
@@ -108,16 +109,15 @@ class _TFLiteBackend(Backend):
 
     def run(self, features):
         x = features[None].astype(np.float32)
-        if self.inp["dtype"] in (np.int8, np.uint8):
+        if is_quantized(self.inp["dtype"]):
             scale, zero = self.inp["quantization"]
-            info = np.iinfo(self.inp["dtype"])
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.inp["dtype"])
+            x = quantize(x, scale, zero, self.inp["dtype"])
         self.interpreter.set_tensor(self.inp["index"], x.reshape(self.input_shape))
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self.out["index"])
-        if self.out["dtype"] in (np.int8, np.uint8):
+        if is_quantized(self.out["dtype"]):
             scale, zero = self.out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
+            y = dequantize(y, scale, zero)
         return np.asarray(y, np.float32).reshape(-1)
 
 

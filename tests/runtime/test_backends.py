@@ -45,3 +45,17 @@ def test_backend_choice_errors():
     if "tflite-runtime" not in available_backends():
         with pytest.raises(BackendError, match="not installed"):
             Model(PLACEHOLDER.with_suffix(".tflite"), backend="tflite-runtime")
+
+
+def test_int8_edge_quantization_round_trip():
+    from edgeaudio.quant import dequantize, quantize
+
+    x = np.array([-100.0, -1.0, -0.26, 0.0, 0.24, 0.25, 1.0, 100.0], np.float32)
+    q = quantize(x, 0.5, 3, np.int8)
+    # round half to even, zero point added, saturated at the int8 range
+    assert q.dtype == np.int8 and q.tolist() == [-128, 1, 2, 3, 3, 3, 5, 127]
+    back = dequantize(q, 0.5, 3)
+    assert back.dtype == np.float32
+    inside = np.abs(x) < 60
+    assert np.all(np.abs(back[inside] - x[inside]) <= 0.25)
+    assert quantize(x, 1.0, 0, np.uint8).tolist()[:4] == [0, 0, 0, 0]
