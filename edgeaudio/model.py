@@ -12,6 +12,7 @@ from .backends import open_backend
 from .errors import ModelFileError
 from .frontend import Frontend
 from .modelfile import read_model_bytes
+from .windows import cut_windows, hop_samples, window_starts
 
 DEFAULT_MODEL_NAME = "esc50-student.int8.tflite"  # recipes/esc50_default_model.sh; MODEL_CARD.md
 
@@ -95,12 +96,8 @@ class Model:
         return self.scores_for_features(self.frontend(wave))
 
     def window_starts(self, n_samples: int, hop_samples: int) -> list:
-        """Window start positions covering a clip; the last window is zero-padded."""
-        win = self.info.window_samples
-        if n_samples <= win:
-            return [0]
-        n = int(np.ceil((n_samples - win) / hop_samples)) + 1
-        return [i * hop_samples for i in range(n)]
+        """Window starts covering a clip (``edgeaudio.windows.window_starts``' cover rule)."""
+        return window_starts(n_samples, self.info.window_samples, hop_samples)
 
     def classify(self, audio, sample_rate: int | None = None,
                  hop_seconds: float | None = None) -> ClipResult:
@@ -112,12 +109,9 @@ class Model:
                 raise ValueError("classify(waveform) needs its sample_rate")
             wave = resample(check_waveform(to_mono(audio), "waveform"), sample_rate,
                             self.sample_rate)
-        hop = int(round((hop_seconds or self.info.hop_seconds) * self.sample_rate))
-        win = self.info.window_samples
-        starts = self.window_starts(len(wave), max(1, hop))
-        padded = np.zeros(starts[-1] + win, np.float32)
-        padded[:len(wave)] = wave
-        window_scores = np.stack([self.scores_for_window(padded[s:s + win]) for s in starts])
+        hop = hop_samples(hop_seconds or self.info.hop_seconds, self.sample_rate)
+        windows = cut_windows(wave, self.info.window_samples, hop)
+        window_scores = np.stack([self.scores_for_window(w) for w in windows])
         pooled = (window_scores.max(axis=0) if self.info.clip_pooling == "max"
                   else window_scores.mean(axis=0))
         return ClipResult(self.labels, pooled, window_scores)

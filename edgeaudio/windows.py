@@ -1,0 +1,51 @@
+"""The runtime's window grid: where a clip's model windows start, defined once for every room.
+
+``classify``, the export calibration and the firmware check all score the windows that
+``window_starts`` names, so they agree on what "a clip's windows" means.
+
+The cover rule (issue 21): windows start every ``hop`` samples, ``0, hop, 2*hop, ...``, as long
+as the window fits inside the clip. What is left after the last such window, the uncovered
+remainder ``r`` (``0 <= r < hop``), is handled so that no window is mostly zero padding:
+
+- a clip no longer than the window is one window at 0, zero-padded to the window;
+- ``r == 0``: the grid covers the clip exactly, nothing is added;
+- ``r < hop / 2``: the remainder is dropped (a clip of window + 8 ms is one window; at most
+  half a hop of audio at the very end goes unscored);
+- ``r >= hop / 2``: one more window is added, shifted to end exactly at the clip's end
+  (start ``n_samples - window``), so it holds no padding at all.
+
+Only a clip shorter than the window is ever padded.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start positions (in samples) of the model windows covering ``n_samples``; see the
+    module docstring for the cover rule."""
+    if window < 1 or hop < 1:
+        raise ValueError(f"window ({window}) and hop ({hop}) must be at least one sample")
+    if n_samples <= window:
+        return [0]
+    last = (n_samples - window) // hop * hop          # last start whose window fits
+    starts = list(range(0, last + 1, hop))
+    remainder = n_samples - (last + window)
+    if 2 * remainder >= hop:                          # exact integers: r >= hop / 2
+        starts.append(n_samples - window)
+    return starts
+
+
+def cut_windows(wave: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """The windows of a mono ``wave`` on the grid above: ``[windows, window]`` float32, the
+    only padded case (a wave shorter than the window) zero-padded at the end."""
+    wave = np.asarray(wave, np.float32)
+    starts = window_starts(len(wave), window, hop)
+    if len(wave) < window:
+        wave = np.concatenate([wave, np.zeros(window - len(wave), np.float32)])
+    return np.stack([wave[s:s + window] for s in starts])
+
+
+def hop_samples(hop_seconds: float, sample_rate: int) -> int:
+    """A hop in seconds as whole samples at ``sample_rate`` (rounded, at least one)."""
+    return max(1, int(round(hop_seconds * sample_rate)))
