@@ -1,18 +1,19 @@
 """Model: a self-describing model file plus a backend; classify clips, open streams."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .audio import check_waveform, load_audio, resample, to_mono
+from .audio import check_sample_rate, check_waveform, read_blocks, resample, to_mono
 from .backends import open_backend
 from .errors import ModelFileError
 from .frontend import Frontend
 from .modelfile import read_model_bytes
-from .windows import cut_windows, hop_samples, window_starts
+from .windows import hop_samples, iter_windows, window_starts
 
 DEFAULT_MODEL_NAME = "esc50-student.int8.tflite"  # recipes/esc50_default_model.sh; MODEL_CARD.md
 
@@ -47,8 +48,13 @@ class ClipResult:
     window_scores: np.ndarray    # [windows, classes]
 
     @property
-    def frames(self) -> int:
+    def windows(self) -> int:
         return len(self.window_scores)
+
+    @property
+    def frames(self) -> int:
+        """Old name of ``windows`` (it never counted feature frames); kept for a release."""
+        return self.windows
 
     def top(self, k: int = 3) -> list:
         order = np.argsort(-self.scores)[:k]
@@ -57,7 +63,8 @@ class ClipResult:
     def to_dict(self, k: int = 3, file: str | None = None) -> dict:
         d = {"file": file} if file is not None else {}
         d.update({"top": [{"label": lab, "score": round(s, 4)} for lab, s in self.top(k)],
-                  "frames": self.frames})
+                  "windows": self.windows,
+                  "frames": self.windows})   # old key, kept for one release
         return d
 
 
@@ -101,20 +108,40 @@ class Model:
 
     def classify(self, audio, sample_rate: int | None = None,
                  hop_seconds: float | None = None) -> ClipResult:
-        """A whole recording (path, or waveform with its ``sample_rate``) -> ClipResult."""
+        """A whole recording (path, or waveform with its ``sample_rate``) -> ClipResult.
+
+        A file is decoded, resampled and scored a block at a time, so its length does not
+        bound memory (only the ``[windows, classes]`` scores grow: 3 MB for an hour). A
+        waveform gets the checks a file gets (layout, rate, NaN / Inf, length). ``hop_seconds``
+        (default: the model's) must be at least one front-end frame."""
         if isinstance(audio, (str, Path)):
-            wave = load_audio(audio, self.sample_rate)
+            blocks = read_blocks(audio, self.sample_rate)
         else:
             if sample_rate is None:
                 raise ValueError("classify(waveform) needs its sample_rate")
-            wave = resample(check_waveform(to_mono(audio), "waveform"), sample_rate,
-                            self.sample_rate)
-        hop = hop_samples(hop_seconds or self.info.hop_seconds, self.sample_rate)
-        windows = cut_windows(wave, self.info.window_samples, hop)
-        window_scores = np.stack([self.scores_for_window(w) for w in windows])
+            rate = check_sample_rate(sample_rate, "waveform")
+            wave = check_waveform(to_mono(audio), "waveform")
+            blocks = [resample(wave, rate, self.sample_rate)]
+        hop = self.classify_hop(hop_seconds)
+        window_scores = np.stack([self.scores_for_window(w) for w in
+                                  iter_windows(blocks, self.info.window_samples, hop)])
         pooled = (window_scores.max(axis=0) if self.info.clip_pooling == "max"
                   else window_scores.mean(axis=0))
         return ClipResult(self.labels, pooled, window_scores)
+
+    def classify_hop(self, hop_seconds: float | None = None) -> int:
+        """``classify``'s hop in samples: the model's, or ``hop_seconds``; refused below one
+        front-end frame (finer hops only repeat nearly equal windows, at any cost)."""
+        seconds = self.info.hop_seconds if hop_seconds is None else hop_seconds
+        frame = self.info.frontend.hop_length
+        try:
+            seconds = float(seconds)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds * self.sample_rate < frame:
+            raise ValueError(f"hop_seconds {hop_seconds!r}: must be at least one front-end "
+                             f"frame ({frame / self.sample_rate:g} s)")
+        return hop_samples(seconds, self.sample_rate)
 
     def stream(self, **settings):
         """A streaming engine over this model; see ``edgeaudio.stream.Stream``."""

@@ -1,7 +1,9 @@
 """The runtime's window grid: where a clip's model windows start, defined once for every room.
 
 ``classify``, the export calibration and the firmware check all score the windows that
-``window_starts`` names, so they agree on what "a clip's windows" means.
+``window_starts`` names, so they agree on what "a clip's windows" means. ``cut_windows`` cuts
+a waveform into them; ``iter_windows`` yields them from a waveform arriving in blocks (a long
+recording decoded a block at a time), on the same grid.
 
 The cover rule (issue 21): windows start every ``hop`` samples, ``0, hop, 2*hop, ...``, as long
 as the window fits inside the clip. What is left after the last such window, the uncovered
@@ -17,6 +19,8 @@ remainder ``r`` (``0 <= r < hop``), is handled so that no window is mostly zero 
 Only a clip shorter than the window is ever padded.
 """
 from __future__ import annotations
+
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -36,14 +40,39 @@ def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
     return starts
 
 
+def iter_windows(blocks: Iterable[np.ndarray], window: int, hop: int) -> Iterator[np.ndarray]:
+    """The windows of a mono waveform that arrives as ``blocks`` (any sizes), yielded as soon as
+    each is complete, on exactly the grid ``window_starts`` gives for the whole waveform. Holds
+    at most one window plus one block, so a recording of any length windows in bounded memory."""
+    if window < 1 or hop < 1:
+        raise ValueError(f"window ({window}) and hop ({hop}) must be at least one sample")
+    held = np.zeros(0, np.float32)   # the waveform from sample ``held_from`` on
+    held_from = 0
+    total = 0
+    next_start = 0
+    for block in blocks:
+        held = np.concatenate((held, np.asarray(block, np.float32)))
+        total += len(block)
+        while next_start + window <= total:
+            yield held[next_start - held_from:next_start - held_from + window]
+            next_start += hop
+        # keep what the next grid window and a possible tail window (the last ``window``
+        # samples) still need
+        keep_from = max(held_from, min(next_start, total - window))
+        held = held[keep_from - held_from:]
+        held_from = keep_from
+    if next_start == 0:              # shorter than one window: nothing yielded yet
+        yield np.concatenate((held, np.zeros(window - total, np.float32)))
+        return
+    remainder = total - (next_start - hop + window)
+    if 2 * remainder >= hop:
+        yield held[total - window - held_from:]
+
+
 def cut_windows(wave: np.ndarray, window: int, hop: int) -> np.ndarray:
     """The windows of a mono ``wave`` on the grid above: ``[windows, window]`` float32, the
     only padded case (a wave shorter than the window) zero-padded at the end."""
-    wave = np.asarray(wave, np.float32)
-    starts = window_starts(len(wave), window, hop)
-    if len(wave) < window:
-        wave = np.concatenate([wave, np.zeros(window - len(wave), np.float32)])
-    return np.stack([wave[s:s + window] for s in starts])
+    return np.stack(list(iter_windows([wave], window, hop)))
 
 
 def hop_samples(hop_seconds: float, sample_rate: int) -> int:

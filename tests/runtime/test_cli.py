@@ -26,8 +26,10 @@ def test_classify_json_one_object_per_file(esc50):
     assert r.returncode == 0, r.stderr
     out = json_lines(r.stdout)
     assert [o["top"][0]["label"] for o in out] == ["dog", "crying_baby"]
-    assert all(set(o) == {"file", "top", "frames"} and len(o["top"]) == 2 for o in out)
-    assert out[0]["frames"] == 18
+    assert all(set(o) == {"file", "top", "windows", "frames"} and len(o["top"]) == 2
+               for o in out)
+    # 5 s at a 0.995 s window and 0.25 s hop: 17 windows, the 20 ms tail left (cover rule)
+    assert out[0]["windows"] == 17 and out[0]["frames"] == out[0]["windows"]  # old key kept
 
 
 def test_classify_text_uses_the_bundled_model_by_default(esc50):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from edgeaudio.windows import cut_windows, hop_samples, window_starts
+from edgeaudio.windows import cut_windows, hop_samples, iter_windows, window_starts
 
 RATE = 16000
 WINDOW = 15872          # 0.992 s: a 49-frame window at hop 320 (the keyword model)
@@ -53,3 +53,15 @@ def test_bad_sizes_are_refused():
     with pytest.raises(ValueError):
         window_starts(100, 0, HOP)
     assert hop_samples(1e-9, RATE) == 1 and hop_samples(0.25, RATE) == HOP
+
+
+@pytest.mark.parametrize("n_samples", [5, WINDOW, WINDOW + 1, WINDOW + 1999, WINDOW + 2000,
+                                       WINDOW + 5 * HOP, 3 * WINDOW + 777])
+@pytest.mark.parametrize("block", [1000, 4000, WINDOW + 3, 10 * WINDOW])
+def test_windows_from_blocks_equal_the_whole_waves(n_samples, block):
+    wave = np.random.default_rng(n_samples).normal(size=n_samples).astype(np.float32)
+    blocks = [wave[i:i + block] for i in range(0, n_samples, block)]
+    streamed = np.stack(list(iter_windows(blocks, WINDOW, HOP)))
+    padded = np.concatenate((wave, np.zeros(WINDOW, np.float32)))
+    sliced = [padded[s:s + WINDOW] for s in window_starts(n_samples, WINDOW, HOP)]
+    np.testing.assert_array_equal(streamed, np.stack(sliced))
