@@ -3,16 +3,18 @@
 Location: ``$EDGEAUDIO_CACHE`` or ``~/.cache/edgeaudio``, under ``teachers/<teacher>/``. One
 ``.npz`` per (teacher identity, settings, clip path); its name is the sha256 of those. Inside:
 ``embedding [T_F, B_F]`` float32 and ``meta`` (a JSON string: the teacher identity with its
-weights sha256, the settings, the clip path and the clip's *fingerprint*, the sha256 of the
-decoded waveform the teacher saw).
+weights sha256, the settings, the clip path, the clip's *fingerprint* (the sha256 of the
+decoded waveform the teacher saw), the embedding's shape and its own sha256, ``sha256``).
 
 A lookup is a
 
-- **hit**     the entry exists, reads, and its meta, shape and values check out;
-- **miss**    no entry: the teacher runs and the entry is written (atomically: tmp + rename);
-- **stale**   the entry exists but the clip's audio changed (fingerprint differs) or the meta
-              does not match what was asked: rebuilt;
-- **corrupt** the entry cannot be read (truncated, not an npz, wrong shape, NaN): rebuilt.
+- **hit**     the entry exists, reads, and its meta, shape, values and checksum check out;
+- **miss**    no entry: the teacher runs and the entry is written (atomically);
+- **stale**   the entry exists but the clip's audio changed (fingerprint differs), the meta
+              does not match what was asked, or the values no longer match the checksum the
+              entry was written with (edited, or written before entries had one): rebuilt;
+- **corrupt** the entry cannot be read (truncated, not an npz, meta that is not a JSON object,
+              wrong shape, NaN): rebuilt.
 
 New weights (another sha256) or other settings give another key, so they never read old
 entries. Concatenated teachers ("yamnet+efficientat") are cached per teacher and combined at
@@ -25,11 +27,16 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from edgeaudio.files import atomic_write_bytes
+
+from .teachers.base import align_frames
+from .teachers.registry import parse_teacher_names
 
 CACHE_ENV_VAR = "EDGEAUDIO_CACHE"
 CACHE_FORMAT = 1
@@ -40,8 +47,9 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "edgeaudio"
 
 
-def fingerprint(wave: np.ndarray) -> str:
-    array = np.ascontiguousarray(wave, dtype=np.float32)
+def fingerprint(array: np.ndarray) -> str:
+    """sha256 of a float32 array's shape and values: a clip's fingerprint, an entry's checksum."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
     digest = hashlib.sha256()
     digest.update(str(array.shape).encode())
     digest.update(array.tobytes())
@@ -54,15 +62,23 @@ class CacheStats:
     miss: int = 0
     stale: int = 0
     corrupt: int = 0
-    events: list = field(default_factory=list)   # (status, path) of non-hits, for reports
 
-    def add(self, status: str, clip: str = "") -> None:
+    def add(self, status: str) -> None:
         setattr(self, status, getattr(self, status) + 1)
-        if status != "hit":
-            self.events.append((status, clip))
 
     def as_dict(self) -> dict:
         return {"hit": self.hit, "miss": self.miss, "stale": self.stale, "corrupt": self.corrupt}
+
+
+def _entry_status(meta, embedding: np.ndarray, expected: dict, dim: int) -> str:
+    """"hit", "stale" or "corrupt" for an entry's decoded meta and embedding."""
+    if (not isinstance(meta, dict) or embedding.ndim != 2 or embedding.shape[0] < 1
+            or embedding.shape[1] != dim or meta.get("shape") != list(embedding.shape)
+            or not np.all(np.isfinite(embedding))):
+        return "corrupt"
+    if any(meta.get(key) != value for key, value in expected.items()):
+        return "stale"
+    return "hit" if meta.get("sha256") == fingerprint(embedding) else "stale"
 
 
 class EmbeddingCache:
@@ -86,56 +102,31 @@ class EmbeddingCache:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 embedding = np.array(data["embedding"], dtype=np.float32)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
-                json.JSONDecodeError):
+        except (OSError, ValueError, TypeError, KeyError, EOFError, RecursionError,
+                zipfile.BadZipFile):  # json.JSONDecodeError is a ValueError
             return None, "corrupt"
-        if (embedding.ndim != 2 or embedding.shape[0] < 1
-                or embedding.shape[1] != int(identity.get("dim", embedding.shape[1]))
-                or tuple(meta.get("shape", ())) != embedding.shape
-                or not np.all(np.isfinite(embedding))):
-            return None, "corrupt"
-        if (meta.get("format") != CACHE_FORMAT or meta.get("identity") != identity
-                or meta.get("settings") != settings or meta.get("clip") != clip
-                or meta.get("fingerprint") != clip_fingerprint):
-            return None, "stale"
-        return embedding, "hit"
+        expected = {"format": CACHE_FORMAT, "identity": identity, "settings": settings,
+                    "clip": clip, "fingerprint": clip_fingerprint}
+        dim = int(identity.get("dim", embedding.shape[-1] if embedding.ndim else 0))
+        status = _entry_status(meta, embedding, expected, dim)
+        return (embedding if status == "hit" else None), status
 
     def put(self, identity: dict, settings: dict, clip: str, clip_fingerprint: str,
             embedding: np.ndarray) -> Path:
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         path = self.entry_path(identity, settings, clip)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": CACHE_FORMAT, "identity": identity, "settings": settings,
-                "clip": clip, "fingerprint": clip_fingerprint, "shape": list(embedding.shape)}
+                "clip": clip, "fingerprint": clip_fingerprint, "shape": list(embedding.shape),
+                "sha256": fingerprint(embedding)}
         buffer = io.BytesIO()
         np.savez(buffer, embedding=embedding, meta=np.array(json.dumps(meta, sort_keys=True)))
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-        return path
-
-
-def split_teacher_names(names: Sequence[str]) -> list[str]:
-    """["yamnet", "efficientat"] or ["yamnet+efficientat"] -> ["yamnet", "efficientat"].
-    Registry names are lower-cased; the path of a fitted teacher is kept as it is."""
-    from .teachers.base import is_fitted_teacher_path
-
-    parts = []
-    for name in names:
-        pieces = [name] if is_fitted_teacher_path(name) else str(name).split("+")
-        for part in pieces:
-            part = str(part).strip()
-            part = part if is_fitted_teacher_path(part) else part.lower()
-            if part and part not in parts:
-                parts.append(part)
-    return parts
+        return atomic_write_bytes(path, buffer.getvalue())
 
 
 def cached_embeddings(teacher, clips: Sequence[str], waves: Sequence[np.ndarray],
                       sample_rate: int, cache: EmbeddingCache, *, settings: dict | None = None,
-                      progress: bool = False, stats: CacheStats | None = None,
-                      on_compute: Callable | None = None) -> list[np.ndarray]:
+                      progress: bool = False, stats: CacheStats | None = None
+                      ) -> list[np.ndarray]:
     """Embeddings ``[T_F, B_F]`` of every clip by ``teacher``, from the cache or computed once.
 
     ``clips`` are stable clip keys (resolved paths), ``waves`` the decoded clips at
@@ -154,7 +145,7 @@ def cached_embeddings(teacher, clips: Sequence[str], waves: Sequence[np.ndarray]
             resample(wave, sample_rate, teacher.sample_rate)
         fp = fingerprint(wave_t)
         embedding, status = cache.get(identity, settings, clip, fp)
-        stats.add(status, clip)
+        stats.add(status)
         if embedding is None:
             todo.append((i, clip, wave_t, fp))
         else:
@@ -165,8 +156,6 @@ def cached_embeddings(teacher, clips: Sequence[str], waves: Sequence[np.ndarray]
             from tqdm import tqdm
             iterator = tqdm(todo, desc=f"teacher {teacher.name} -> cache", unit="clip")
         for i, clip, wave_t, fp in iterator:
-            if on_compute is not None:
-                on_compute(clip)
             embedding = teacher.embed([wave_t])[0]
             cache.put(identity, settings, clip, fp, embedding)
             out[i] = np.asarray(embedding, dtype=np.float32)
@@ -179,11 +168,10 @@ def teacher_features(names: Sequence[str], clips: Sequence[str], waves: Sequence
                      stats: CacheStats | None = None) -> tuple[list[np.ndarray], dict]:
     """Concatenated teacher embeddings per clip (time of the first teacher) and a description
     ``{"teachers": [...], "dims": [...], "dim": total, "weights_sha256": {...}}``."""
-    from .teachers.base import align_frames
     if get_teacher is None:
-        from .teachers.base import get_teacher
+        from .teachers.registry import get_teacher
     cache = cache or EmbeddingCache()
-    parts = split_teacher_names(names)
+    parts = parse_teacher_names(names)
     if not parts:
         raise ValueError("no teacher named")
     per_teacher, info = [], {"teachers": [], "dims": [], "weights_sha256": {},

@@ -38,7 +38,7 @@ def _list_students(ctx, param, value):
 def _list_teachers(ctx, param, value):
     if not value or ctx.resilient_parsing:
         return
-    from .teachers.base import list_teachers
+    from .teachers.registry import list_teachers
     notes = {"yamnet": "YAMNet (AudioSet, 1024-d every 0.48 s, LiteRT)",
              "efficientat": "EfficientAT mn04_as (AudioSet, 384-d every 0.32 s; alias mn04)"}
     for name in list_teachers():
@@ -203,14 +203,11 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
         return
     if student not in STUDENTS:
         raise UsageError(f"unknown student {student!r} (known: {', '.join(STUDENTS)})")
-    from .teachers.base import list_teachers
-    from .cache import split_teacher_names
-    from .teachers.base import is_fitted_teacher_path
-    known = set(list_teachers()) | {"mn04", "mn04_as"}
-    for name in split_teacher_names(list(teachers) + list(kd_teachers)):
-        if name not in known and not is_fitted_teacher_path(name):
-            raise UsageError(f"unknown teacher {name!r} (known: {', '.join(list_teachers())}, "
-                             f"or the folder of a fitted teacher: edgeaudio teacher fit)")
+    from .teachers.registry import UnknownTeacherError, validate_teacher_names
+    try:
+        validate_teacher_names(list(teachers) + list(kd_teachers))
+    except UnknownTeacherError as exc:
+        raise UsageError(str(exc)) from None
     if reg != "none" and not teachers:
         raise UsageError(f"--reg {reg} needs at least one --teacher")
     if folds and fold is not None:

@@ -25,6 +25,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edgeaudio.files import atomic_write_json, atomic_write_text
+
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 
@@ -165,10 +167,10 @@ def plot_similarity(class_vectors, event_vectors, labels, event_names, path: Pat
 def probe_teacher(names, dataset, waves, clips, test_folds, out: Path | None, seed=0,
                   echo=print) -> dict:
     """Cross-validate one teacher (or a '+'-joined concatenation); write metrics and plots."""
-    from .cache import EmbeddingCache, split_teacher_names, teacher_features
-    from .teachers.base import get_teacher
+    from .cache import EmbeddingCache, teacher_features
+    from .teachers.registry import get_teacher, parse_teacher_names
 
-    parts = split_teacher_names(names)
+    parts = parse_teacher_names(names)
     embeddings, info = teacher_features(parts, clips, waves, 16000, EmbeddingCache(),
                                         progress=True)
     x = pool(embeddings)
@@ -209,12 +211,12 @@ def probe_teacher(names, dataset, waves, clips, test_folds, out: Path | None, se
                                 out / "class_event_similarity.png",
                                 f"{name}: target classes vs source events")
                 tops = top_events(class_vectors, events, dataset.labels, event_names)
-                (out / "top_events.txt").write_text("".join(
+                atomic_write_text(out / "top_events.txt", "".join(
                     f"{label}: " + ", ".join(f"{e} ({s:.2f})" for e, s in evs) + "\n"
                     for label, evs in tops.items()))
                 result["top_events"] = {k: [e for e, _ in v] for k, v in tops.items()}
                 result["plots"].append("class_event_similarity.png")
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        atomic_write_json(out / "metrics.json", result)
     return result
 
 
@@ -241,7 +243,7 @@ def probe_command(teachers, data, recipe, folds, out, seed, as_json):
       edgeaudio probe --teacher yamnet+efficientat --data labels.csv --folds 1-5
     """
     from .data import load_dataset, load_waveforms, parse_folds
-    from .teachers.base import list_teachers
+    from .teachers.registry import list_teachers
 
     names = []
     for t in teachers:

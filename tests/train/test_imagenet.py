@@ -9,11 +9,14 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the train room needs torch")
 
-from edgeaudio.train.imagenet import (  # noqa: E402
-    DenseNet121, EfficientNetLite0, ImageNetAudioClassifier, MultiResolutionLogMel,
-    efficientnet_lite0_weights_path, imagenet_image_tensor, load_densenet121_checkpoint,
-    load_efficientnet_lite0_imagenet, torchvision_densenet_state)
 from edgeaudio.train.teachers.base import TeacherWeightsError  # noqa: E402
+from edgeaudio.train.teachers.densenet import (  # noqa: E402
+    DenseNet121, load_densenet121_checkpoint, torchvision_densenet_state)
+from edgeaudio.train.teachers.efficientnet_lite import (  # noqa: E402
+    EfficientNetLite0, efficientnet_lite0_weights_path, load_efficientnet_lite0_imagenet)
+from edgeaudio.train.teachers.imagenet import (  # noqa: E402
+    ImageNetAudioClassifier, imagenet_image_tensor)
+from edgeaudio.train.teachers.multires_logmel import MultiResolutionLogMel  # noqa: E402
 from edgeaudio.train.teachers.fitted import load_member, save_member  # noqa: E402
 
 torch.set_num_threads(1)
@@ -200,7 +203,7 @@ def test_audio_classifier_embeddings_pool_to_the_head_input():
 
 
 def test_imagenet_teacher_wraps_a_fine_tuned_ensemble(tmp_path):
-    from edgeaudio.train.teachers.base import get_teacher
+    from edgeaudio.train.teachers.registry import get_teacher
     from edgeaudio.train.teachers.fitted import FittedTeacher
 
     labels = ["dog", "rain", "siren"]

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="the train room needs torch")
 
 from edgeaudio.cli import main  # noqa: E402
 from edgeaudio.train.teacher_fit import TeacherFitConfig, fit_teacher  # noqa: E402
-from edgeaudio.train.teachers.base import get_teacher  # noqa: E402
+from edgeaudio.train.teachers.registry import get_teacher  # noqa: E402
 from edgeaudio.train.teachers.fitted import FittedTeacher, load_member  # noqa: E402
 
 from ..conftest import esc50_clip, esc50_rows  # noqa: E402

@@ -12,13 +12,14 @@ torch = pytest.importorskip("torch", reason="the train room needs torch")
 sf = pytest.importorskip("soundfile")
 
 from edgeaudio.errors import AudioError  # noqa: E402
+from edgeaudio.files import shared_dir  # noqa: E402
 from edgeaudio.train.teachers.base import (  # noqa: E402
-    ConcatTeacher, TeacherWeightsError, align_frames, get_teacher, list_teachers,
-    resolve_shared_dir)
+    ConcatTeacher, TeacherWeightsError, align_frames)
+from edgeaudio.train.teachers.registry import get_teacher, list_teachers  # noqa: E402
 
 torch.set_num_threads(1)
 
-SHARED = resolve_shared_dir()
+SHARED = shared_dir()
 DOG_CLIPS = ["1-30344-A-0", "1-30226-A-0"]  # ESC-50 fold 1, category "dog"
 OTHER_CLIP = "1-17367-A-10"  # ESC-50 fold 1, category "rain"
 DOG, BARK = "Dog", "Bark"
@@ -77,8 +78,8 @@ def test_missing_weights_name_the_file(tmp_path):
 
 def test_shared_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEAUDIO_SHARED", str(tmp_path))
-    assert resolve_shared_dir() == tmp_path
-    assert resolve_shared_dir("/elsewhere").as_posix() == "/elsewhere"
+    assert shared_dir() == tmp_path
+    assert shared_dir("/elsewhere").as_posix() == "/elsewhere"
 
 
 def test_weights_hash_is_the_published_sha256(yamnet, efficientat):

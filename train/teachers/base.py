@@ -1,40 +1,29 @@
-"""The teacher interface, the concatenation of teachers, and the registry.
+"""The teacher interface, its helpers, and the concatenation of teachers.
 
 A teacher is a pretrained audio model that turns a clip into a time series of embeddings
 ``[T_F, B_F]`` (frames x features). Students never see a teacher at inference: teachers run once
 per clip into a cache keyed by ``name`` and ``weights_hash`` (see ``Teacher.cache_identity``).
+Teachers are found by name in ``edgeaudio.train.teachers.registry``.
 
-Pretrained weights live in the ``shared`` folder beside the repository (``../shared`` from the
-repository root), or wherever the environment variable ``EDGEAUDIO_SHARED`` points. They are
-never copied into the repository.
+Pretrained weights live in the shared folder (``edgeaudio.files.shared_dir``: ``../shared``
+from the repository root, or wherever ``$EDGEAUDIO_SHARED`` points). They are never copied into
+the repository.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from edgeaudio.errors import AudioError, EdgeAudioError
-
-SHARED_ENV_VAR = "EDGEAUDIO_SHARED"
-# train/teachers/base.py -> parents[2] is the repository root; shared/ sits beside it.
-_DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+from edgeaudio.files import SHARED_ENV_VAR
 
 
 class TeacherWeightsError(EdgeAudioError):
     """A teacher's weights file (or its class map) is missing or unreadable."""
-
-
-def resolve_shared_dir(shared_dir: str | os.PathLike | None = None) -> Path:
-    """The shared data/weights folder: the argument, else $EDGEAUDIO_SHARED, else ../shared."""
-    if shared_dir is not None:
-        return Path(shared_dir)
-    from_env = os.environ.get(SHARED_ENV_VAR)
-    return Path(from_env) if from_env else _DEFAULT_SHARED
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -189,62 +178,3 @@ class ConcatTeacher(Teacher):
     def predict(self, waveform: np.ndarray) -> np.ndarray:
         raise NotImplementedError("a ConcatTeacher has no classes of its own; call predict on "
                                   "one of its .teachers")
-
-
-def _make_yamnet(shared_dir):
-    from .yamnet import YamnetTeacher
-    return YamnetTeacher(shared_dir=shared_dir)
-
-
-def _make_efficientat(shared_dir):
-    from .efficientat import EfficientATTeacher
-    return EfficientATTeacher(shared_dir=shared_dir)
-
-
-# Factories import lazily so that YAMNet works without torch and no teacher loads until asked.
-_FACTORIES: dict[str, Callable[..., Teacher]] = {
-    "efficientat": _make_efficientat,
-    "yamnet": _make_yamnet,
-}
-_ALIASES = {"mn04": "efficientat", "mn04_as": "efficientat"}
-
-
-def _load_fitted(path: str) -> Teacher:
-    from .fitted import FittedTeacher
-    return FittedTeacher(path)
-
-
-def is_fitted_teacher_path(spec: str) -> bool:
-    """True when a teacher name is the path of a fitted teacher (a folder written by
-    ``edgeaudio teacher fit``, or one member ``.pt`` file) rather than a registry name."""
-    name = str(spec).strip()
-    if name.lower() in _FACTORIES or name.lower() in _ALIASES:
-        return False
-    path = Path(name)
-    return path.is_dir() or (path.is_file() and path.suffix == ".pt")
-
-
-def list_teachers() -> list[str]:
-    """Canonical teacher names (aliases such as "mn04" also work in ``get_teacher``)."""
-    return sorted(_FACTORIES)
-
-
-def get_teacher(name: str, shared_dir: str | os.PathLike | None = None) -> Teacher:
-    """A teacher by name, or by the path of a fitted teacher (``edgeaudio teacher fit``'s
-    folder); "a+b" gives the ConcatTeacher of a and b (time of a)."""
-    if is_fitted_teacher_path(name):  # the whole name first: a path may hold a "+"
-        return _load_fitted(str(name).strip())
-    parts = [part.strip() for part in name.split("+")]
-    teachers = []
-    for part in parts:
-        if is_fitted_teacher_path(part):
-            teachers.append(_load_fitted(part))
-            continue
-        canonical = _ALIASES.get(part.lower(), part.lower())
-        if canonical not in _FACTORIES:
-            known = ", ".join(list_teachers() + sorted(_ALIASES))
-            raise ValueError(f"unknown teacher {part!r}; known: {known}, or the folder of a "
-                             f"fitted teacher (edgeaudio teacher fit)")
-        teachers.append(_FACTORIES[canonical](shared_dir))
-    return teachers[0] if len(teachers) == 1 else ConcatTeacher(teachers)
-

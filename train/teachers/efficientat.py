@@ -34,8 +34,10 @@ import soxr
 import torch
 from torch import nn
 
+from edgeaudio import files
+
 from ..freezing import PartlyFrozen
-from .base import Teacher, TeacherWeightsError, as_waveform, require_file, resolve_shared_dir
+from .base import Teacher, TeacherWeightsError, as_waveform, require_file
 
 MODEL_SAMPLE_RATE = 32000
 N_FFT = 1024
@@ -277,7 +279,7 @@ class EfficientATClassifier(PartlyFrozen):
         self.network = MobileNetV3Audio(width_mult=0.4)
         if pretrained is not False and pretrained is not None:
             path = Path(pretrained) if not isinstance(pretrained, bool) else require_file(
-                resolve_shared_dir(shared_dir) / "weights" / "efficientat" /
+                files.shared_dir(shared_dir) / "weights" / "efficientat" /
                 "mn04_as_mAP_432.pt", "EfficientAT mn04_as weights")
             self.network.load_state_dict(torch.load(path, map_location="cpu",
                                                     weights_only=True), strict=True)
@@ -327,7 +329,7 @@ class EfficientATTeacher(Teacher):
     min_model_samples = N_FFT + 1
 
     def __init__(self, shared_dir: str | os.PathLike | None = None):
-        shared = resolve_shared_dir(shared_dir)
+        shared = files.shared_dir(shared_dir)
         self.weights_path = require_file(shared / "weights" / "efficientat" / "mn04_as_mAP_432.pt",
                                          "EfficientAT mn04_as weights")
         self.class_names = audioset_class_names(require_file(

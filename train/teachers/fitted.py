@@ -5,7 +5,7 @@ A *member* is one pretrained network fine-tuned on the target task with a new he
 
 - ``efficientnet_lite0`` / ``densenet121``: ``ImageNetAudioClassifier`` (Palanisamy et al.
   2020: an ImageNet CNN on the three-channel multi-resolution log-mel image,
-  ``edgeaudio.train.imagenet``), 16 kHz input, 1280 / 1024-d features, one frame per 0.64 s;
+  ``edgeaudio.train.teachers.imagenet``), 16 kHz input, 1280 / 1024-d features, one frame per 0.64 s;
 - ``efficientat_mn04``: ``EfficientATClassifier`` (the AudioSet mn04 with a new last layer,
   ``edgeaudio.train.teachers.efficientat``), 32 kHz input, 384-d features, 0.32 s.
 
@@ -13,7 +13,13 @@ A *member* is one pretrained network fine-tuned on the target task with a new he
 settings, labels, state_dict, metrics, config). A deep ensemble is N members differing only in
 seed and batch order, in one folder with a manifest (``MANIFEST``, ``teacher.json``) that
 lists the finished members; ``FittedTeacher`` reads such a folder (or one member file), and
-``get_teacher`` accepts the folder's path as a teacher name.
+``edgeaudio.train.teachers.registry.get_teacher`` accepts the folder's path as a teacher name.
+
+Loading runs no code from the file: a member is a zip written by ``torch.save`` and is read
+with ``torch.load(weights_only=True)``, which rebuilds only tensors and plain values (numbers,
+strings, lists, dicts); ``save_member`` stores nothing else (everything but the state_dict
+must survive a JSON round trip). A manifest's ``members`` must name files inside its folder:
+absolute paths, ``..`` and symbolic links leading out are refused.
 
 What a fitted teacher gives the student:
 
@@ -36,11 +42,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from edgeaudio.files import atomic_path
 
 from .base import Teacher, TeacherWeightsError, as_waveform, sha256_of_file
 
@@ -48,6 +57,7 @@ MEMBER_FORMAT = "edgeaudio-teacher-member"
 MANIFEST = "teacher.json"
 MANIFEST_FORMAT = "edgeaudio-fitted-teacher"
 MEMBER_ARCHS = ("efficientnet_lite0", "densenet121", "efficientat_mn04")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive format (the only one save_member writes)
 
 
 def build_member(arch: str, n_classes: int, pretrained: bool | str | os.PathLike = True,
@@ -59,9 +69,18 @@ def build_member(arch: str, n_classes: int, pretrained: bool | str | os.PathLike
         from .efficientat import EfficientATClassifier
         return EfficientATClassifier(n_classes, pretrained=pretrained)
     if arch in ("efficientnet_lite0", "densenet121"):
-        from ..imagenet import ImageNetAudioClassifier
+        from .imagenet import ImageNetAudioClassifier
         return ImageNetAudioClassifier(arch, n_classes, pretrained=pretrained, frontend=frontend)
     raise ValueError(f"unknown arch {arch!r}; known: {', '.join(MEMBER_ARCHS)}")
+
+
+def _json_plain(value, what: str):
+    """``value`` as JSON would give it back: so that it loads with ``weights_only=True``."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a member's {what} must be plain numbers, strings, lists and dicts "
+                         f"(it is stored beside the weights): {exc}") from exc
 
 
 def save_member(path: str | os.PathLike, model: torch.nn.Module, labels: Sequence[str],
@@ -70,62 +89,126 @@ def save_member(path: str | os.PathLike, model: torch.nn.Module, labels: Sequenc
     if len(labels) != model.n_classes:
         raise ValueError(f"{len(labels)} labels for a model with {model.n_classes} classes")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": MEMBER_FORMAT, "format_version": 1, **model.settings(),
-               "pretrained": bool(model.pretrained), "labels": list(labels),
-               "model_state": model.state_dict(), "metrics": dict(metrics or {}),
-               "config": dict(config or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    payload = {"format": MEMBER_FORMAT, "format_version": 1,
+               **_json_plain(model.settings(), "settings"),
+               "pretrained": bool(model.pretrained),
+               "labels": _json_plain([str(label) for label in labels], "labels"),
+               "model_state": model.state_dict(),
+               "metrics": _json_plain(dict(metrics or {}), "metrics"),
+               "config": _json_plain(dict(config or {}), "config")}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
+def _read_member_payload(path: Path) -> dict:
+    """The member file's contents, loaded without running code from it."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(ZIP_MAGIC))
+    if head != ZIP_MAGIC:
+        raise TeacherWeightsError(f"{path}: cannot read: not a PyTorch checkpoint archive "
+                                  f"(it starts with {head!r})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TeacherWeightsError(
+            f"{path}: refused: it holds Python objects other than tensors and plain values, "
+            f"which could run code when loaded; a fitted teacher member holds only those "
+            f"(first objection: {str(exc).splitlines()[0][:160]})") from None
+    except Exception as exc:  # torch reports a damaged archive in several types
+        raise TeacherWeightsError(f"{path}: cannot read (truncated or corrupt?): "
+                                  f"{str(exc)[:200]}") from None
+
+
+def _checked_member_payload(path: Path, payload) -> dict:
+    if not isinstance(payload, dict) or payload.get("format") != MEMBER_FORMAT:
+        raise TeacherWeightsError(f"{path}: not an edgeaudio fitted teacher member")
+    arch, n_classes, labels = payload.get("arch"), payload.get("n_classes"), payload.get("labels")
+    if arch not in MEMBER_ARCHS:
+        raise TeacherWeightsError(f"{path}: unknown member arch {arch!r}; known: "
+                                  f"{', '.join(MEMBER_ARCHS)}")
+    if (not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 1
+            or not isinstance(labels, list) or len(labels) != n_classes
+            or not all(isinstance(label, str) for label in labels)):
+        raise TeacherWeightsError(f"{path}: its labels and n_classes do not match")
+    if not isinstance(payload.get("frontend"), (dict, type(None))) \
+            or not isinstance(payload.get("model_state"), dict):
+        raise TeacherWeightsError(f"{path}: a member without a front end or a state_dict")
+    return payload
+
+
 def load_member(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """A member written by ``save_member`` -> (model in eval mode, payload without the state)."""
+    """A member written by ``save_member`` -> (model in eval mode, payload without the state).
+    Raises ``TeacherWeightsError`` for a file that is missing, unreadable, not a member, or
+    holds anything but tensors and plain values."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"fitted teacher member not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read (truncated or corrupt?): {str(exc)[:200]}") \
-            from exc
-    if not isinstance(payload, dict) or payload.get("format") != MEMBER_FORMAT:
-        raise ValueError(f"{path}: not an edgeaudio fitted teacher member")
+        raise TeacherWeightsError(f"fitted teacher member not found: {path}")
+    payload = _checked_member_payload(path, _read_member_payload(path))
     model = build_member(payload["arch"], payload["n_classes"], pretrained=False,
                          frontend=payload.get("frontend"))
-    model.load_state_dict(payload["model_state"], strict=True)
+    try:
+        model.load_state_dict(payload["model_state"], strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise TeacherWeightsError(f"{path}: its weights do not fit a {payload['arch']} "
+                                  f"member: {str(exc)[:200]}") from None
     model.pretrained = bool(payload.get("pretrained"))
     info = {k: v for k, v in payload.items() if k != "model_state"}
     return model.eval(), info
 
 
 def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """A teacher folder's ``teacher.json`` (None when it has none)."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TeacherWeightsError(f"{path}: unreadable manifest ({exc})") from exc
-    if manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise TeacherWeightsError(f"{path}: not a fitted-teacher manifest")
     return manifest
 
 
+def _inside_folder(folder: Path, path: Path, what: str) -> Path:
+    """``path`` if it resolves (symbolic links followed) to a place inside ``folder``."""
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise TeacherWeightsError(f"{what} leads out of the teacher folder {folder} "
+                                  f"(to {path.resolve()}); members must be files inside it")
+    return path
+
+
+def _manifest_members(folder: Path, manifest: dict) -> list[Path]:
+    entries = manifest.get("members")
+    where = folder / MANIFEST
+    if not isinstance(entries, list):
+        raise TeacherWeightsError(f"{where}: 'members' must be a list of file names")
+    files = []
+    for entry in entries:
+        if not isinstance(entry, str) or not entry.strip():
+            raise TeacherWeightsError(f"{where}: member {entry!r} is not a file name")
+        relative = Path(entry)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise TeacherWeightsError(f"{where}: member {entry!r} points outside the teacher "
+                                      f"folder; members must be files inside it")
+        files.append(_inside_folder(folder, folder / relative, f"{where}: member {entry!r}"))
+    return files
+
+
 def member_files(path: str | os.PathLike) -> list[Path]:
     """A member file itself; or a teacher folder's members: those its manifest lists, else
-    every ``*.pt`` in it, sorted by name."""
+    every ``*.pt`` in it, sorted by name; either way confined to the folder."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
         manifest = read_manifest(path)
         if manifest is not None:
-            files = [path / name for name in manifest["members"]]
+            files = _manifest_members(path, manifest)
         else:
-            files = sorted(p for p in path.glob("*.pt") if p.is_file())
+            files = [_inside_folder(path, p, str(p))
+                     for p in sorted(path.glob("*.pt")) if p.is_file()]
         if not files:
             raise TeacherWeightsError(f"{path}: no fine-tuned member files in this folder "
                                       f"(write them with `edgeaudio teacher fit`)")
@@ -153,16 +236,13 @@ class FittedTeacher(Teacher):
         for file in files:
             if not file.is_file():
                 raise TeacherWeightsError(f"fitted teacher member not found: {file}")
-            try:
-                model, info = load_member(file)
-            except ValueError as exc:
-                raise TeacherWeightsError(str(exc)) from exc
+            model, info = load_member(file)
             self.members.append(model.to(device))
             infos.append(info)
         first = infos[0]
         for file, info in zip(files[1:], infos[1:]):
             for key in ("labels", "frontend", "arch"):
-                if info[key] != first[key]:
+                if info.get(key) != first.get(key):
                     raise TeacherWeightsError(f"{file}: its {key} differ from {files[0]}'s; "
                                               f"ensemble members must agree")
         self.member_paths = files
@@ -170,7 +250,9 @@ class FittedTeacher(Teacher):
         self.combine = combine
         self.batch_size = int(batch_size)
         self.arch = first["arch"]
-        self.name = name or (manifest or {}).get("name") or f"fitted-{self.arch}-x{len(files)}"
+        manifest_name = (manifest or {}).get("name")
+        self.name = name or (manifest_name if isinstance(manifest_name, str) else None) \
+            or f"fitted-{self.arch}-x{len(files)}"
         self.class_names = list(first["labels"])
         lead = self.members[0]
         self.sample_rate = lead.sample_rate
@@ -263,8 +345,8 @@ class FittedTeacherHead:
     ``logits / T``. On a whole clip's embedding that is exactly the ensemble's prediction at
     temperature T (global average pooling is the time-mean of the embedding frames); on the
     frames covering a crop, or on the embeddings of a mixture, it is the teacher's view of that
-    crop or mixture. ``probe_for(item)`` gives the head itself: it has the interface of the
-    loop's per-item linear probes (``edgeaudio.train.losses.CrossFitProbes``).
+    crop or mixture. ``soft_targets`` is the distillation-target interface the loop's
+    cross-fitted linear probes have too (``edgeaudio.train.losses.DistillationTarget``).
     """
 
     def __init__(self, teacher: FittedTeacher):
@@ -275,8 +357,12 @@ class FittedTeacherHead:
         self.device = teacher.device
         self.class_names = teacher.class_names
 
-    def probe_for(self, item_index: int) -> "FittedTeacherHead":
-        return self
+    def soft_targets(self, pooled: np.ndarray, items: Sequence[int],
+                     temperature: float) -> np.ndarray:
+        """The ensemble's view of each item's pooled embedding (one row at a time, as the
+        loop's linear probes are run: ``edgeaudio.train.losses.DistillationTarget``)."""
+        return np.stack([self.probabilities(pooled[r:r + 1], temperature)[0]
+                         for r in range(len(items))])
 
     @torch.no_grad()
     def probabilities(self, pooled: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -288,17 +374,3 @@ class FittedTeacherHead:
                  for member, part in zip(self.members, x.split(self.member_dim, dim=-1))]
         return torch.stack(probs).mean(dim=0).double().cpu().numpy()
 
-
-def kd_head_for(names: Sequence[str], labels: Sequence[str], get_teacher=None
-                ) -> FittedTeacherHead | None:
-    """The KD teachers' own heads when they are one fitted teacher whose classes are
-    ``labels`` in order; None otherwise (the loop then fits linear probes)."""
-    from .base import is_fitted_teacher_path
-    if len(names) != 1 or not is_fitted_teacher_path(names[0]):
-        return None
-    if get_teacher is None:
-        from .base import get_teacher
-    teacher = get_teacher(names[0])
-    if not isinstance(teacher, FittedTeacher) or list(teacher.class_names) != list(labels):
-        return None
-    return teacher.kd_head()

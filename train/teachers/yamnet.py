@@ -18,7 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import Teacher, TeacherWeightsError, as_waveform, require_file, resolve_shared_dir
+from edgeaudio import files
+
+from .base import Teacher, TeacherWeightsError, as_waveform, require_file
 
 N_CLASSES = 521
 EMBEDDING_DIM = 1024
@@ -45,7 +47,7 @@ class YamnetTeacher(Teacher):
     def __init__(self, shared_dir: str | os.PathLike | None = None, num_threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
-        folder = resolve_shared_dir(shared_dir) / "weights" / "yamnet"
+        folder = files.shared_dir(shared_dir) / "weights" / "yamnet"
         self.weights_path = require_file(folder / "yamnet_waveform.tflite", "YAMNet weights")
         self.class_names = load_yamnet_class_names(
             require_file(folder / "yamnet_class_map.csv", "YAMNet class map"))
