@@ -44,25 +44,12 @@ Design (every random choice comes from ``--seed``):
   ``GAP_SECONDS`` stretch of background alone before the next onset, at a random sample (so
   the onset falls at a uniformly random phase of the hop). Each stream runs through a fresh
   engine (a device starting to listen) at the model's default settings.
-* What counts. An event's span runs from its onset to its end plus one model window plus
-  ``smooth + patience`` hops (the last moment its audio can still drive a start).
-  - detection: the first "start" of the event's class emitted at stream time
-    ``t_detect`` in ``[onset, onset + window]``; after one window the onset has left the
-    model's input, so a later start was not caused by it.
-  - latency: ``t_detect - onset``, the stream time at which the engine emitted the start
-    (what a listener learns, and when), not the event's back-dated ``t_start``, which is the
-    start of the window and so precedes the onset by construction. Compute time is excluded
-    (about 1-3 ms per hop here).
-  - false alarm: a start emitted outside every event span whose label is not the background's
-    own ESC-50 class. Per hour of background-only time (stream time outside event spans),
-    per background kind.
-  - confusion: a start of another class inside an event span (not the background's class).
-  - repeat: a further start of the event's class inside its span (the event closed and
-    reopened), or one after the detection window.
-  - model-limited latency: the first hop after the onset at which the event's class reaches
-    its threshold in the RAW (unsmoothed, gated) scores. No choice of smoothing or patience
-    can detect earlier at that threshold, so it splits the latency into the model's part and
-    the engine's part (smoothing and patience).
+* What counts: ``edgeaudio.event_scoring`` (spans, detection within one window of the onset,
+  latency from the onset to the moment the start was EMITTED, false alarms per hour of
+  background-only time, confusions, repeats, model-limited latency), with the ambience's own
+  ESC-50 class as the stream's background class (never a false alarm). Compute time is
+  excluded from latency (about 1-3 ms per hop here). False alarms are counted per background
+  kind.
 * CLI agreement: the first stream of each background kind, 90 s of each, concatenated into a
   float32 WAV, through `edgeaudio listen --input WAV --json --fast` (a subprocess) and through
   the library; the event lines must be identical (class, score, t_start, t_end, order). Done
@@ -89,13 +76,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from edgeaudio import Model
+from edgeaudio.audio import load_audio
+from edgeaudio.event_scoring import (StreamRun, TrueEvent, alarm_summary, fmt_or_dash,
+                                     latency_summary, model_limited_latencies, run_stream,
+                                     score_stream, stream_settings)
+from edgeaudio.files import atomic_write_json, shared_dir
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from edgeaudio import Model  # noqa: E402
-from edgeaudio.audio import load_audio  # noqa: E402
-
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
+SHARED = shared_dir()
 ESC50 = SHARED / "data" / "esc50"
 FSDD = SHARED / "data" / "fsdd" / "recordings"
 
@@ -235,14 +224,12 @@ def speech_bed(paths: list, n: int, rate: int, rng: np.random.Generator) -> np.n
 
 # ---------------------------------------------------------------- streams
 
-@dataclass
-class PlacedEvent:
-    label: str
+@dataclass(kw_only=True)
+class PlacedEvent(TrueEvent):
+    """A true event (label, onset = the acoustic onset, offset) and how it was placed."""
     clip: str
     snr_db: float         # nominal: the event's loud-frame RMS over BACKGROUND_DBFS
     level_dbfs: float     # as placed: lower than nominal when the peak limit applied
-    onset: float          # seconds into the stream: the acoustic onset
-    end: float
 
 
 @dataclass
@@ -306,8 +293,9 @@ def build_streams(model: Model, fold: int, seed: int, clips_per_class: int | Non
             crest = 20.0 * np.log10(float(np.max(np.abs(seg)))) - loud
             level = min(BACKGROUND_DBFS + snr, PEAK_LIMIT_DBFS - crest)
             audio[start:start + len(seg)] += at_level(seg, level, loud)
-            events.append(PlacedEvent(row["category"], row["filename"], snr, level,
-                                      start / rate, (start + len(seg)) / rate))
+            events.append(PlacedEvent(label=row["category"], onset=start / rate,
+                                      offset=(start + len(seg)) / rate,
+                                      clip=row["filename"], snr_db=snr, level_dbfs=level))
         peak = float(np.max(np.abs(audio)))
         if peak > 1.0:           # not expected at these levels; never silently clip
             raise RuntimeError(f"stream {index} peaks at {peak:.2f} (> full scale)")
@@ -316,100 +304,7 @@ def build_streams(model: Model, fold: int, seed: int, clips_per_class: int | Non
     return streams
 
 
-# ---------------------------------------------------------------- the engine and the judge
-
-@dataclass
-class EngineRun:
-    engine: object            # the edgeaudio.stream.Stream, after the stream ended
-    events: list              # every start and end event, flush included
-    times: np.ndarray         # stream time of each hop
-    raw: np.ndarray           # [hops, classes] each hop's scores before smoothing (0 if gated)
-    smoothed: np.ndarray      # [hops, classes] what the thresholds saw
-
-
-def run_engine(model: Model, audio: np.ndarray, settings: dict) -> EngineRun:
-    stream = model.stream(**settings)
-    events, times, raw, smoothed = [], [], [], []
-    for i in range(0, len(audio), stream.hop):
-        events += stream.push(audio[i:i + stream.hop])
-        if len(times) < stream.n_inferences:
-            times.append(stream.time)
-            raw.append(stream.recent[-1])
-            smoothed.append(stream.scores.copy())
-    return EngineRun(stream, events + stream.flush(), np.array(times), np.array(raw),
-                     np.array(smoothed))
-
-
-def model_limited_latencies(run: EngineRun, placed: list, window: float) -> list:
-    """Per placed event, the first hop in ``(onset, onset + window]`` at which the RAW score of
-    its class reaches its threshold, minus the onset (None if none does): the latency an engine
-    without smoothing or patience would give, i.e. the part of the latency that is the model's."""
-    labels = run.engine.model.labels
-    out = []
-    for p in placed:
-        i = labels.index(p.label)
-        hops = np.flatnonzero((run.times > p.onset) & (run.times <= p.onset + window)
-                              & (run.raw[:, i] >= run.engine.thresholds[i]))
-        out.append(float(run.times[hops[0]] - p.onset) if len(hops) else None)
-    return out
-
-
-@dataclass
-class Judged:
-    detections: list        # per placed event: latency in seconds, or None if missed
-    false_alarms: list      # (label, t_detect) outside every event span
-    confusions: list        # (label, t_detect, true label) inside an event span
-    repeats: int
-    background_class_starts: int
-    background_seconds: float
-
-
-def judge(events: list, placed: list, background_label: str | None, duration: float,
-          window: float, tail: float) -> Judged:
-    """Sort a stream's start events into detections, repeats, confusions and false alarms.
-
-    ``tail``: how long after an event's audio has left the model window it can still drive a
-    start (``(smooth + patience) * hop``)."""
-    spans = [(p.onset, p.end + window + tail) for p in placed]
-    latencies = [None] * len(placed)
-    false_alarms, confusions = [], []
-    repeats = background_class_starts = 0
-    for e in events:
-        if e.kind != "start":
-            continue
-        t = e.t_detect
-        inside = next((i for i, (a, b) in enumerate(spans) if a <= t <= b), None)
-        if e.label == background_label:
-            background_class_starts += 1
-        elif inside is None:
-            false_alarms.append((e.label, t))
-        elif e.label != placed[inside].label:
-            confusions.append((e.label, t, placed[inside].label))
-        elif latencies[inside] is None and t <= placed[inside].onset + window:
-            latencies[inside] = t - placed[inside].onset
-        else:
-            repeats += 1
-    covered = sum(min(b, duration) - a for a, b in spans)
-    return Judged(latencies, false_alarms, confusions, repeats, background_class_starts,
-                  duration - covered)
-
-
 # ---------------------------------------------------------------- summaries
-
-def latency_summary(latencies: list) -> dict:
-    hit = [x for x in latencies if x is not None]
-    return {"events": len(latencies), "detected": len(hit),
-            "detection_rate": len(hit) / len(latencies) if latencies else None,
-            "median_latency_s": float(np.median(hit)) if hit else None,
-            "p95_latency_s": float(np.percentile(hit, 95)) if hit else None}
-
-
-def alarm_summary(judged: list) -> dict:
-    seconds = sum(j.background_seconds for j in judged)
-    n = sum(len(j.false_alarms) for j in judged)
-    return {"background_hours": seconds / 3600.0, "false_alarms": n,
-            "false_alarms_per_hour": n / (seconds / 3600.0) if seconds else None}
-
 
 def model_limited_summary(floors: list, target: float) -> dict:
     return {**latency_summary(floors),
@@ -417,30 +312,31 @@ def model_limited_summary(floors: list, target: float) -> dict:
             / len(floors) if floors else None}
 
 
-def summarize(streams: list, judged: list, floors: list, hop_seconds: float) -> dict:
+def summarize(streams: list, scores: list, floors: list, hop_seconds: float) -> dict:
     """``floors``: per stream, ``model_limited_latencies`` of its events."""
     target = hop_seconds + 0.1
-    rows = [(s, p, lat) for s, j in zip(streams, judged) for p, lat in zip(s.events, j.detections)]
-    out = {"overall": {**latency_summary([lat for _, _, lat in rows]), **alarm_summary(judged),
-                       "confusions": sum(len(j.confusions) for j in judged),
-                       "repeats": sum(j.repeats for j in judged),
+    rows = [(s, p, lat) for s, score in zip(streams, scores)
+            for p, lat in zip(s.events, score.latencies)]
+    out = {"overall": {**latency_summary([lat for _, _, lat in rows]), **alarm_summary(scores),
+                       "confusions": sum(len(j.confusions) for j in scores),
+                       "repeats": sum(j.repeats for j in scores),
                        "model_limited": model_limited_summary(sum(floors, []), target)}}
     out["by_background"] = {}
     for kind in BACKGROUND_KINDS:
         mine = [i for i, s in enumerate(streams) if s.kind == kind]
         if mine:
             out["by_background"][kind] = {
-                **latency_summary([lat for i in mine for lat in judged[i].detections]),
-                **alarm_summary([judged[i] for i in mine]),
-                "confusions": sum(len(judged[i].confusions) for i in mine),
+                **latency_summary([lat for i in mine for lat in scores[i].latencies]),
+                **alarm_summary([scores[i] for i in mine]),
+                "confusions": sum(len(scores[i].confusions) for i in mine),
                 "model_limited": model_limited_summary([x for i in mine for x in floors[i]],
                                                        target)}
     out["by_ambience"] = {}
     for label in AMBIENCE_CLASSES:
-        pairs = [(s, j) for s, j in zip(streams, judged) if s.background_label == label]
+        pairs = [(s, j) for s, j in zip(streams, scores) if s.background_label == label]
         if pairs:
             out["by_ambience"][label] = {
-                **latency_summary([lat for s, j in pairs for lat in j.detections]),
+                **latency_summary([lat for s, j in pairs for lat in j.latencies]),
                 **alarm_summary([j for _, j in pairs]),
                 "own_class_starts": sum(j.background_class_starts for _, j in pairs)}
     out["by_snr"] = {f"{snr:+.0f} dB": latency_summary([lat for _, p, lat in rows
@@ -449,12 +345,12 @@ def summarize(streams: list, judged: list, floors: list, hop_seconds: float) -> 
     out["by_class"] = {label: latency_summary([lat for _, p, lat in rows if p.label == label])
                        for label in sorted({p.label for _, p, _ in rows})}
     counts: dict = {}
-    for j in judged:
+    for j in scores:
         for label, _ in j.false_alarms:
             counts[label] = counts.get(label, 0) + 1
     out["false_alarm_labels"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
     counts = {}
-    for j in judged:
+    for j in scores:
         for label, _, true in j.confusions:
             counts[f"{true} -> {label}"] = counts.get(f"{true} -> {label}", 0) + 1
     out["confusion_pairs"] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:20])
@@ -469,10 +365,6 @@ def summarize(streams: list, judged: list, floors: list, hop_seconds: float) -> 
     return out
 
 
-def fmt(x, spec, none="-"):
-    return none if x is None else format(x, spec)
-
-
 def table(summary: dict) -> str:
     lines = ["| background | events | detected | median latency | p95 latency | "
              "background h | false alarms | per hour | raw score reaches threshold | "
@@ -481,18 +373,22 @@ def table(summary: dict) -> str:
 
     def row(name, s):
         m = s["model_limited"]
-        lines.append(f"| {name} | {s['events']} | {fmt(s['detection_rate'], '.1%')} | "
-                     f"{fmt(s['median_latency_s'], '.2f')} s | {fmt(s['p95_latency_s'], '.2f')} s"
+        lines.append(f"| {name} | {s['events']} | {fmt_or_dash(s['detection_rate'], '.1%')} | "
+                     f"{fmt_or_dash(s['median_latency_s'], '.2f')} s | "
+                     f"{fmt_or_dash(s['p95_latency_s'], '.2f')} s"
                      f" | {s['background_hours']:.2f} | {s['false_alarms']} | "
-                     f"{fmt(s['false_alarms_per_hour'], '.1f')} | "
-                     f"{fmt(m['detection_rate'], '.1%')} | {fmt(m['median_latency_s'], '.2f')} s |")
+                     f"{fmt_or_dash(s['false_alarms_per_hour'], '.1f')} | "
+                     f"{fmt_or_dash(m['detection_rate'], '.1%')} | "
+                     f"{fmt_or_dash(m['median_latency_s'], '.2f')} s |")
     for kind, s in summary["by_background"].items():
         row(kind, s)
     row("**all**", summary["overall"])
-    lines += ["", "| SNR | events | detected | median latency | p95 latency |", "|---|---|---|---|---|"]
+    lines += ["", "| SNR | events | detected | median latency | p95 latency |",
+              "|---|---|---|---|---|"]
     for snr, s in summary["by_snr"].items():
-        lines.append(f"| {snr} | {s['events']} | {fmt(s['detection_rate'], '.1%')} | "
-                     f"{fmt(s['median_latency_s'], '.2f')} s | {fmt(s['p95_latency_s'], '.2f')} s |")
+        lines.append(f"| {snr} | {s['events']} | {fmt_or_dash(s['detection_rate'], '.1%')} | "
+                     f"{fmt_or_dash(s['median_latency_s'], '.2f')} s | "
+                     f"{fmt_or_dash(s['p95_latency_s'], '.2f')} s |")
     return "\n".join(lines)
 
 
@@ -541,7 +437,7 @@ def cli_agreement(model_path: Path, model: Model, streams: list, settings: dict)
         cli_seconds = time.perf_counter() - t0
         cli = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
         read_back, _ = sf.read(wav, dtype="float32")
-    library = [e.to_dict() for e in run_engine(model, read_back, settings).events]
+    library = [e.to_dict() for e in run_stream(model, read_back, settings).events]
     mismatch = next((i for i, (a, b) in enumerate(zip(cli, library)) if a != b), None)
     if mismatch is None and len(cli) != len(library):
         mismatch = min(len(cli), len(library))
@@ -555,7 +451,7 @@ def cli_agreement(model_path: Path, model: Model, streams: list, settings: dict)
 
 # ---------------------------------------------------------------- plot
 
-def plot(path: Path, stream: SyntheticStream, run: EngineRun, seconds: float = 75.0) -> None:
+def plot(path: Path, stream: SyntheticStream, run: StreamRun, seconds: float = 75.0) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -577,7 +473,7 @@ def plot(path: Path, stream: SyntheticStream, run: EngineRun, seconds: float = 7
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(shown)}
     for p in placed:
         for ax in (ax1, ax2):
-            ax.axvspan(p.onset, min(p.end, seconds), color=colors[p.label], alpha=0.15)
+            ax.axvspan(p.onset, min(p.offset, seconds), color=colors[p.label], alpha=0.15)
         ax1.text(p.onset, -5, f"{p.label} ({p.snr_db:+.0f} dB)", fontsize=8, va="top")
     for label in shown:
         i = labels.index(label)
@@ -645,35 +541,33 @@ def main(argv=None) -> int:
           f"{total / 3600:.2f} h of audio (built in {build_seconds:.0f} s)")
 
     t0 = time.perf_counter()
-    judged, floors, runs = [], [], []
+    scores, floors, runs = [], [], []
     for s in streams:
-        run = run_engine(model, s.audio, settings)
-        tail = (run.engine.smooth + run.engine.patience) * run.engine.hop_seconds
-        judged.append(judge(run.events, s.events, s.background_label, s.seconds,
-                            run.engine.window_seconds, tail))
-        floors.append(model_limited_latencies(run, s.events, run.engine.window_seconds))
+        run = run_stream(model, s.audio, settings)
+        window = run.engine.window_seconds
+        scores.append(score_stream(run.events, s.events, s.seconds, window, run.tail_seconds,
+                                   s.background_label))
+        floors.append(model_limited_latencies(run.times, run.raw, run.engine.thresholds,
+                                              model.labels, s.events, window))
         runs.append(run)
     engine_seconds = time.perf_counter() - t0
     engine = runs[0].engine
-    effective = {"hop_seconds": engine.hop_seconds, "smooth": engine.smooth,
-                 "patience": engine.patience, "release_ratio": engine.release_ratio,
-                 "gate_db": engine.gate_db,
-                 "threshold": (float(engine.thresholds[0]) if np.all(engine.thresholds
-                                                                      == engine.thresholds[0])
-                               else dict(zip(model.labels, map(float, engine.thresholds))))}
-    summary = summarize(streams, judged, floors, engine.hop_seconds)
+    effective = stream_settings(engine)
+    summary = summarize(streams, scores, floors, engine.hop_seconds)
     print(f"engine: {total / engine_seconds:.0f}x real time; settings {effective}\n")
     print(table(summary))
     t = summary["targets"]
     o = summary["overall"]
-    print(f"\nmedian latency {fmt(o['median_latency_s'], '.3f')} s vs target "
-          f"<= {t['median_latency_max_s']:.2f} s: {'met' if t['median_latency_met'] else 'NOT met'}")
-    print(f"false alarms {fmt(o['false_alarms_per_hour'], '.1f')} per hour vs target <= 1: "
-          f"{'met' if t['false_alarms_met'] else 'NOT met'}")
+    print(f"\nmedian latency {fmt_or_dash(o['median_latency_s'], '.3f')} s vs target "
+          f"<= {t['median_latency_max_s']:.2f} s: "
+          f"{'met' if t['median_latency_met'] else 'NOT met'}")
+    print(f"false alarms {fmt_or_dash(o['false_alarms_per_hour'], '.1f')} per hour vs target "
+          f"<= 1: {'met' if t['false_alarms_met'] else 'NOT met'}")
     m = o["model_limited"]
-    print(f"model-limited (raw score, no smoothing or patience): {fmt(m['detection_rate'], '.1%')}"
-          f" of events reach the threshold, median {fmt(m['median_latency_s'], '.2f')} s after "
-          f"the onset; {m['within_target_rate']:.1%} of events within {t['median_latency_max_s']:.2f} s")
+    print(f"model-limited (raw score, no smoothing or patience): "
+          f"{fmt_or_dash(m['detection_rate'], '.1%')} of events reach the threshold, median "
+          f"{fmt_or_dash(m['median_latency_s'], '.2f')} s after the onset; "
+          f"{m['within_target_rate']:.1%} of events within {t['median_latency_max_s']:.2f} s")
     print(f"false alarm labels: {summary['false_alarm_labels']}")
     print(f"confusions during events: {o['confusions']}, repeats: {o['repeats']}")
 
@@ -710,8 +604,7 @@ def main(argv=None) -> int:
         "engine_x_real_time": total / engine_seconds,
         **summary, "cli_agreement": agreement,
     }
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(args.json_out, result, indent=1)
     print(f"\nwrote {args.json_out} and {args.plot}")
     return 0
 

@@ -250,7 +250,7 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
 
 
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("run", type=click.Path())
+@click.argument("run", type=click.Path(), required=False)
 @click.option("--data", type=click.Path(), default=None,
               help="Score on this dataset instead of the run's held-out split.")
 @click.option("--recipe", type=click.Choice(["esc50"]), default=None)
@@ -259,15 +259,43 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
               help="Where evaluation.json and the confusion PNG go (default: the run folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
-def evaluate_command(run, data, recipe, fold, out, as_json, threads):
+@click.option("--model", "model_file", type=click.Path(dir_okay=False), default=None,
+              help="With --events: an exported .onnx / .tflite file, scored on streams.")
+@click.option("--events", "events_csv", type=click.Path(dir_okay=False), default=None,
+              help="With --model: CSV recording,label,onset,offset (seconds; paths relative to "
+                   "the CSV; a row with only a recording: no events in it).")
+@click.option("--threshold", type=float, default=None,
+              help="With --events: the stream threshold (default: the model file's).")
+def evaluate_command(run, data, recipe, fold, out, as_json, threads, model_file, events_csv,
+                     threshold):
     """Accuracy, per-class report and confusion matrix of a trained run.
+
+    With --model FILE --events CSV: the exported file's stream engine on annotated recordings
+    (detections, latency from the true onset to the emitted start, false alarms per hour; see
+    edgeaudio.event_scoring), written to <out or the model's folder>/<FILE>.streams.json.
 
     \b
     Examples:
       edgeaudio evaluate runs/esc50-f1                # its held-out fold
       edgeaudio evaluate runs/esc50-f1 --json
       edgeaudio evaluate runs/mine --data other_recordings/
+      edgeaudio evaluate --model runs/f1/models/model.int8.tflite --events annotations.csv
     """
+    if model_file or events_csv or threshold is not None:
+        if not (model_file and events_csv) or run or data or recipe or fold is not None:
+            raise UsageError("score streams with --model FILE --events CSV alone (no RUN, "
+                             "--data, --recipe or --fold)")
+        from edgeaudio.event_scoring import evaluate_streams, streams_table
+        from edgeaudio.model import Model
+        json_path = Path(out or Path(model_file).parent) / f"{Path(model_file).name}.streams.json"
+        report = evaluate_streams(Model(model_file, threads=threads), events_csv,
+                                  {} if threshold is None else {"threshold": threshold},
+                                  json_path=json_path)
+        click.echo(json.dumps(report) if as_json else streams_table(report))
+        click.echo(str(json_path), err=True)
+        return
+    if run is None:
+        raise UsageError("give a RUN folder (or --model FILE --events CSV)")
     import torch
     from .loop import evaluate_run
 
