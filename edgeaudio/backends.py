@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendError, ModelFileError
-from .modelfile import ModelInfo, info_from_onnx_metadata, info_from_tflite
+from .modelfile import ModelInfo, info_from_onnx, info_from_tflite
 from .quant import dequantize, is_quantized, quantize
 
 BACKENDS_FOR_FORMAT = {"onnx": ("onnxruntime",), "tflite": ("litert", "tflite-runtime")}
@@ -47,6 +47,11 @@ def native_stderr_silenced():
         os.close(saved)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 class Backend:
     name = "?"
 
@@ -56,8 +61,21 @@ class Backend:
 
     info: ModelInfo
     input_shape: tuple
+    output_shape: tuple   # dimensions the file declares; 0 where it leaves one open
+
+    @property
+    def output_size(self) -> int | None:
+        """Values one window gives (the class count), or None when the file leaves it open."""
+        return None if 0 in self.output_shape else int(np.prod(self.output_shape))
 
     def run(self, features: np.ndarray) -> np.ndarray:
+        try:
+            return self._run(features)
+        except Exception as exc:  # native runtimes raise their own untyped errors
+            raise ModelFileError(f"{self.path}: the model failed to run ({self.name}): "
+                                 f"{_first_line(exc)}") from exc
+
+    def _run(self, features: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -68,6 +86,8 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(path, data, threads)
         import onnxruntime as ort
 
+        self.info = info_from_onnx(path, data)  # checks the file before onnxruntime parses it
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -76,15 +96,20 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(data, sess_options=opts,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path}: cannot load as ONNX (truncated, corrupt or foreign "
-                                 f"file): {first[:200]}") from exc
-        self.info = info_from_onnx_metadata(path, self.session.get_modelmeta().custom_metadata_map)
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+                                 f"file): {_first_line(exc)}") from exc
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or not outputs or inputs[0].type != "tensor(float)":
+            raise ModelFileError(f"{path}: an edgeaudio ONNX model has one float input and an "
+                                 f"output; this one has {len(inputs)} inputs "
+                                 f"({', '.join(i.type for i in inputs)}), {len(outputs)} outputs")
+        self.input_name = inputs[0].name
+        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inputs[0].shape)
+        # a named (symbolic) first dimension is the batch: 1; any other one is left open
+        self.output_shape = tuple(d if isinstance(d, int) else (1 if i == 0 else 0)
+                                  for i, d in enumerate(outputs[0].shape or ()))
 
-    def run(self, features):
+    def _run(self, features):
         out = self.session.run(None, {self.input_name: features[None].astype(np.float32)})[0]
         return np.asarray(out, np.float32).reshape(-1)
 
@@ -101,13 +126,22 @@ class _TFLiteBackend(Backend):
                 self.interpreter = self._interpreter_class()(model_content=data,
                                                              num_threads=threads)
                 self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelFileError(f"{path}: cannot load as TFLite: {str(exc)[:200]}") from exc
-        self.inp = self.interpreter.get_input_details()[0]
-        self.out = self.interpreter.get_output_details()[0]
+        except Exception as exc:  # the interpreters raise ValueError, RuntimeError and more
+            raise ModelFileError(f"{path}: cannot load as TFLite: {_first_line(exc)}") from exc
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or not outputs:
+            raise ModelFileError(f"{path}: an edgeaudio TFLite model has one input and an "
+                                 f"output; this one has {len(inputs)} and {len(outputs)}")
+        self.inp, self.out = inputs[0], outputs[0]
         self.input_shape = tuple(int(d) for d in self.inp["shape"])
+        self.output_shape = tuple(int(d) for d in self.out["shape"])
+        for edge in (self.inp, self.out):
+            if is_quantized(edge["dtype"]) and not edge["quantization"][0] > 0:
+                raise ModelFileError(f"{path}: int8 {edge['name']!r} has quantization scale "
+                                     f"{edge['quantization'][0]}: corrupt file")
 
-    def run(self, features):
+    def _run(self, features):
         x = features[None].astype(np.float32)
         if is_quantized(self.inp["dtype"]):
             scale, zero = self.inp["quantization"]

@@ -81,6 +81,13 @@ class Model:
         if tuple(self.backend.input_shape) != expected:
             raise ModelFileError(f"{self.path}: model input {self.backend.input_shape} does not "
                                  f"match its metadata (expected {expected})")
+        outputs = self.backend.output_size
+        if outputs is None:  # the file leaves the class count open: ask the graph itself
+            outputs = self.backend.run(np.zeros(expected[1:], np.float32)).size
+        if outputs != len(self.info.labels):
+            raise ModelFileError(f"{self.path}: metadata field labels: {len(self.info.labels)} "
+                                 f"labels for a model with {outputs} outputs "
+                                 f"{tuple(self.backend.output_shape)}")
 
     @property
     def labels(self) -> list:
