@@ -159,3 +159,59 @@ def test_teachers_are_cached_apart_and_concatenated_on_the_first_ones_time(tmp_p
                                   get_teacher=lambda n: made[n], stats=stats)
     assert stats.hit == 3                       # b alone reuses the entries of "a+b"
     assert parse_teacher_names(["yamnet", "YAMNet+efficientat"]) == ["yamnet", "efficientat"]
+
+
+def _rewrite_entry(path, embedding=None, meta=None, raw_meta=None):
+    """Rewrite an entry in place, keeping what is not given."""
+    with np.load(path) as data:
+        old_meta, old_embedding = str(data["meta"]), data["embedding"]
+    text = raw_meta if raw_meta is not None else (
+        json.dumps(meta) if meta is not None else old_meta)
+    np.savez(path, embedding=old_embedding if embedding is None else embedding,
+             meta=np.array(text))
+
+
+def _one_entry(tmp_path, clips):
+    names, waves = clips
+    cache, teacher = EmbeddingCache(tmp_path), FakeTeacher()
+    good = cached_embeddings(teacher, names[:1], waves[:1], 16000, cache)[0]
+    settings = {"input": "whole clip, mono", "sample_rate": 16000}
+    key = (teacher.cache_identity(), settings, names[0], fingerprint(waves[0]))
+    return cache, teacher, good, key, cache.entry_path(*key[:3])
+
+
+def test_changed_values_with_intact_meta_are_stale_and_rewritten(tmp_path, clips):
+    names, waves = clips
+    cache, teacher, good, key, path = _one_entry(tmp_path, clips)
+    _rewrite_entry(path, embedding=good * 1.2)   # finite, right shape, meta untouched
+    assert cache.get(*key) == (None, "stale")
+    stats = CacheStats()
+    again = cached_embeddings(teacher, names[:1], waves[:1], 16000, cache, stats=stats)[0]
+    assert stats.stale == 1 and teacher.calls == 2 and np.array_equal(again, good)
+    hit, status = cache.get(*key)
+    assert status == "hit" and np.array_equal(hit, good)
+
+
+def test_entries_without_a_checksum_are_stale(tmp_path, clips):
+    cache, _, good, key, path = _one_entry(tmp_path, clips)
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+    assert meta["sha256"] == fingerprint(good)
+    del meta["sha256"]                           # as written before entries had one
+    _rewrite_entry(path, meta=meta)
+    assert cache.get(*key) == (None, "stale")
+
+
+@pytest.mark.parametrize("raw_meta", [
+    "[1, 2, 3]", '"a string"', "42", "null", '{"shape": 5}', '{"shape": [1, "x"]}',
+    "[" * 100000 + "]" * 100000, "{not json"],
+    ids=["list", "string", "number", "null", "shape-int", "shape-mixed", "deep", "broken"])
+def test_malformed_meta_is_corrupt_and_rebuilt_never_a_traceback(tmp_path, clips, raw_meta):
+    names, waves = clips
+    cache, teacher, good, key, path = _one_entry(tmp_path, clips)
+    _rewrite_entry(path, raw_meta=raw_meta)
+    assert cache.get(*key) == (None, "corrupt")
+    stats = CacheStats()
+    again = cached_embeddings(teacher, names[:1], waves[:1], 16000, cache, stats=stats)[0]
+    assert stats.corrupt == 1 and np.array_equal(again, good)
+    assert cache.get(*key)[1] == "hit"
