@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import signal
 import sys
 import time
 
@@ -210,6 +211,13 @@ class LiveView:
         else:
             self._write(f"{stream.time:8.2f}s  {tops}\n")
 
+    def notice(self, line):
+        """A line on stderr that does not break the status line on a terminal."""
+        if self.status_shown:
+            self._write("\n")
+            self.status_shown = False
+        click.echo(line, err=True)
+
     def close(self):
         if self.status_shown:
             self._write("\n")
@@ -267,7 +275,7 @@ def listen(model, device, input_path, fast, rate, threshold, patience, smooth, h
 
     m = _load(model, backend, threads)
     if input_path == "-":
-        source_rate = rate or m.sample_rate
+        source_rate = m.sample_rate if rate is None else rate
         make_source = lambda: StdinSource(source_rate)  # noqa: E731
     elif input_path is not None:
         make_source = lambda: FileSource(input_path, realtime=not fast)  # noqa: E731
@@ -277,12 +285,14 @@ def listen(model, device, input_path, fast, rate, threshold, patience, smooth, h
     engine = m.stream(hop_seconds=hop_seconds, smooth=smooth, threshold=threshold,
                       patience=patience, gate_db=gate_db, input_rate=source.rate)
     view = LiveView(top_k, as_json)
-    listener = Listener(engine, on_event=view.event, on_hop=view.hop)
+    listener = Listener(engine, on_event=view.event, on_hop=view.hop,
+                        on_notice=lambda message: view.notice(f"warning: {message}"))
     if duration is not None:
         source = _limited(source, duration)
     # on stderr, so JSON on stdout stays clean
     click.echo(f"listening to {source.device_name} at {source.rate} Hz with {m.info.name} "
                f"({m.backend_name}); Ctrl-C to stop", err=True)
+    _stop_on_sigterm()
     try:
         while True:
             try:
@@ -291,7 +301,8 @@ def listen(model, device, input_path, fast, rate, threshold, patience, smooth, h
             except EdgeAudioError as exc:
                 if not (reconnect and input_path is None):
                     raise
-                click.echo(f"\nwarning: {exc}; reconnecting...", err=True)
+                view.notice(f"warning: {exc}; retrying every {RETRY_SECONDS:g} s "
+                            "(Ctrl-C to stop)")
                 listener.source_closed()
                 listener.summary.reconnects += 1
                 source = _reopen(make_source, duration, listener)
@@ -305,12 +316,27 @@ def listen(model, device, input_path, fast, rate, threshold, patience, smooth, h
         click.echo(listener.summary.line(), err=True)
 
 
+RETRY_SECONDS = 1.0
+
+
+def _stop_on_sigterm():
+    """SIGTERM (systemd, Docker, kill) ends `listen` the way Ctrl-C does: open events closed,
+    summary printed, exit 0."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _reopen(make_source, duration, listener):
-    """Retry the device once a second until it is back (Ctrl-C gives up)."""
+    """Retry the device every RETRY_SECONDS until it is back (Ctrl-C gives up), quietly: the
+    audio libraries' own complaints about the missing device are hidden."""
+    from .sources import quiet_native_stderr
+
     while True:
-        time.sleep(1.0)
+        time.sleep(RETRY_SECONDS)
         try:
-            source = make_source()
+            with quiet_native_stderr():
+                source = make_source()
         except EdgeAudioError:
             continue
         if duration is not None:

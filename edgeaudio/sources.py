@@ -4,6 +4,8 @@ Each source yields float32 mono chunks at its own ``rate``; the stream engine re
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import to_mono
+from .audio import check_sample_rate, read_blocks
 from .errors import AudioError, DeviceError
 
 
@@ -53,12 +55,30 @@ def resolve_input_device(spec):
     return matches[0]["index"]
 
 
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hide what C libraries (ALSA, PortAudio) write to file descriptor 2 meanwhile: retrying a
+    device that is gone makes them print a dozen lines a try. Python exceptions still rise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class Microphone:
     """A live input device. Iterate for chunks; overflows are counted, never fatal.
 
-    The callback only copies into a bounded queue; when the consumer falls behind, the oldest
-    audio is dropped (and counted) rather than memory growing without bound.
+    The callback only copies into a bounded queue; when the consumer falls behind, the newest
+    block is dropped (and counted) rather than memory growing without bound.
     """
+
+    kind = "microphone"
 
     def __init__(self, device=None, preferred_rate: int = 16000, block_seconds: float = 0.05,
                  queue_seconds: float = 5.0, stall_seconds: float = 3.0):
@@ -110,8 +130,9 @@ class Microphone:
     def __exit__(self, *exc):
         if self.stream is not None:
             try:
-                self.stream.abort()
-                self.stream.close()
+                with quiet_native_stderr():   # a device already gone makes ALSA complain
+                    self.stream.abort()
+                    self.stream.close()
             except Exception:
                 pass  # the device may already be gone; nothing left to release
             self.stream = None
@@ -127,16 +148,19 @@ class Microphone:
 
 
 class FileSource:
-    """A recording played through the engine: in real time (like a microphone) or fast."""
+    """A recording played through the engine: in real time (like a microphone) or fast. It is
+    read with ``audio.read_blocks`` (the checks ``classify`` makes), at the file's own rate."""
+
+    kind = "file"
 
     def __init__(self, path, realtime: bool = True, block_seconds: float = 0.05):
         path = Path(path)
         try:
-            self.file = sf.SoundFile(str(path))
-        except (sf.LibsndfileError, RuntimeError) as exc:
+            rate = sf.info(str(path)).samplerate
+        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
             raise AudioError(f"{path}: cannot read audio ({exc})") from exc
         self.path = path
-        self.rate = self.file.samplerate
+        self.rate = check_sample_rate(rate, str(path))
         self.realtime = realtime
         self.blocksize = max(1, int(self.rate * block_seconds))
         self.overflows = 0
@@ -147,21 +171,12 @@ class FileSource:
         return self
 
     def __exit__(self, *exc):
-        self.file.close()
+        pass
 
     def __iter__(self):
         start = time.monotonic()
         sent = 0
-        while True:
-            try:
-                block = self.file.read(self.blocksize, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as exc:
-                raise AudioError(f"{self.path}: audio ends early or is corrupt ({exc})") from exc
-            if len(block) == 0:
-                return
-            chunk = to_mono(block)
-            if not np.all(np.isfinite(chunk)):
-                raise AudioError(f"{self.path}: audio contains NaN or infinite samples")
+        for chunk in read_blocks(self.path, self.rate, self.blocksize):
             yield chunk
             sent += len(chunk)
             if self.realtime:
@@ -173,8 +188,10 @@ class FileSource:
 class StdinSource:
     """Raw signed 16-bit little-endian mono PCM on stdin (``arecord -f S16_LE -c 1 -r 16000``)."""
 
+    kind = "stdin"
+
     def __init__(self, rate: int, block_seconds: float = 0.05, stdin=None):
-        self.rate = rate
+        self.rate = check_sample_rate(rate, "stdin PCM (--rate)")
         self.block_bytes = 2 * max(1, int(rate * block_seconds))
         self.stdin = stdin or sys.stdin.buffer
         self.overflows = 0

@@ -1,8 +1,9 @@
 """The streaming engine: chunks of audio in, events out, in bounded memory.
 
 A ring buffer holds the last model window; every ``hop_seconds`` of new audio the model scores
-that window. The hop is snapped to a whole number of front-end frames, so each hop computes only
-its new feature frames and reuses the rest (equal to recomputing the whole window). Scores are averaged over the last ``smooth`` hops. A class opens an event after
+that window. The hop is snapped to a whole number of front-end frames (at least one), so each
+hop computes only its new feature frames and reuses the rest (equal to recomputing the whole
+window). Scores are averaged over the last ``smooth`` hops. A class opens an event after
 ``patience`` consecutive hops at or above its threshold and closes it at the first hop below
 ``release_ratio * threshold`` (hysteresis, so a score hovering at the threshold does not
 flicker). A window whose RMS level is below ``gate_db`` (dB full scale) is not run through the
@@ -15,13 +16,14 @@ began no earlier), its ``t_end`` the end of the last window that still scored ab
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import soxr
 
-from .audio import to_mono
+from .audio import check_finite, check_sample_rate, to_mono
 from .modelfile import DEFAULT_STREAM_SETTINGS
 
 
@@ -62,6 +64,8 @@ class Stream:
         self.model = model
         self.rate = model.sample_rate
         wanted = float(hop_seconds if hop_seconds is not None else d["hop_seconds"])
+        if not math.isfinite(wanted) or wanted <= 0:
+            raise ValueError(f"hop_seconds must be a positive number of seconds, not {wanted}")
         frame_hop = model.info.frontend.hop_length
         self.frames_per_hop = max(1, int(round(wanted * self.rate / frame_hop)))
         self.hop = self.frames_per_hop * frame_hop
@@ -87,8 +91,10 @@ class Stream:
         self.n_inferences = 0
         self.n_events = 0
         self.states = [_ClassState() for _ in model.labels]
+        input_rate = (self.rate if input_rate is None
+                      else check_sample_rate(input_rate, "stream input"))
         self.resampler = (soxr.ResampleStream(input_rate, self.rate, 1, dtype="float32")
-                          if input_rate and input_rate != self.rate else None)
+                          if input_rate != self.rate else None)
 
     def _thresholds(self, threshold) -> np.ndarray:
         labels = self.model.labels
@@ -111,7 +117,10 @@ class Stream:
         return self.samples / self.rate
 
     def push(self, chunk: np.ndarray) -> list:
-        chunk = to_mono(chunk)
+        """Audio in (mono, or a 2-D array in either layout: see ``audio.to_mono``), events out.
+        A chunk with NaN or infinite samples is refused whole (AudioError), before any of it
+        enters the window."""
+        chunk = check_finite(to_mono(chunk, "stream chunk"), "stream chunk")
         if self.resampler is not None:
             chunk = self.resampler.resample_chunk(chunk)
         events = []

@@ -228,3 +228,53 @@ def test_lazy_commands_short_help_matches_the_commands_own():
     for name, (module, attr, _, short) in LAZY_COMMANDS.items():
         command = getattr(importlib.import_module(module), attr)
         assert command.get_short_help_str(10_000) == short, name
+
+
+@pytest.mark.parametrize("rate", [-1, 0, 1, 3999, 10 ** 7])
+def test_listen_stdin_rate_outside_what_can_be_served_exit_2(rate):
+    """--rate -1 gave a traceback, --rate 1 hung: both are one error line and exit 2 now."""
+    r = subprocess.run([sys.executable, "-m", "edgeaudio", "listen", "--input", "-", "--rate",
+                        str(rate), "--model", str(MODEL)], input=b"\0" * 64000,
+                       capture_output=True, timeout=30, cwd=REPO)
+    assert r.returncode == 2, r.stderr
+    errors = error_lines(r.stderr.decode())
+    assert len(errors) == 1 and f"sample rate {rate} Hz is outside" in errors[0], r.stderr
+
+
+def test_sigterm_ends_listen_like_ctrl_c(esc50, tmp_path):
+    """systemd and Docker stop with SIGTERM: the open event is closed and the summary printed."""
+    audio, rate = sf.read(esc50_clip(DOG), dtype="float32")
+    long_clip = tmp_path / "dog_30s.wav"
+    sf.write(long_clip, np.tile(audio, 6), rate)
+    proc = subprocess.Popen([sys.executable, "-m", "edgeaudio", "listen", "--input",
+                             str(long_clip), "--json", "--threshold", "0.3", "--model",
+                             str(MODEL)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    assert proc.stderr.readline().startswith("listening to")
+    first = json.loads(proc.stdout.readline())            # the bark opens an event...
+    assert first["event"] == "start" and first["label"] == "dog"
+    proc.send_signal(signal.SIGTERM)                      # ...and SIGTERM comes while it is open
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    events = [first] + json_lines(out)
+    opened = [e["label"] for e in events if e["event"] == "start"]
+    closed = [e["label"] for e in events if e["event"] == "end"]
+    assert sorted(opened) == sorted(closed), events
+    summary = [line for line in err.splitlines() if line.startswith("listened")]
+    assert len(summary) == 1 and float(summary[0].split()[1]) < 25.0, err
+
+
+def test_classify_warns_about_a_wav_shorter_than_its_header(tmp_path, esc50):
+    x, rate = sf.read(esc50_clip(DOG), dtype="float32")
+    whole = tmp_path / "dog.wav"
+    sf.write(whole, x, rate, subtype="PCM_16")
+    data = whole.read_bytes()
+    cut = tmp_path / "dog_cut.wav"
+    cut.write_bytes(data[:44 + 2 * 3 * rate])                # the header, then 3 s of 5
+    r = edgeaudio("classify", "--json", cut, "--model", MODEL)
+    assert r.returncode == 0, r.stderr
+    warnings = error_lines(r.stderr)
+    assert len(warnings) == 1 and str(cut) in warnings[0], r.stderr
+    assert f"{2 * rate} frames (2.00 s) are missing" in warnings[0]
+    assert json_lines(r.stdout)[0]["windows"] == 9            # what is there is classified
+    assert error_lines(edgeaudio("classify", whole, "--model", MODEL).stderr) == []
