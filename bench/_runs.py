@@ -2,9 +2,10 @@
 multiview_esc50): the ESC-50 presence check and writing the report."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from edgeaudio.files import atomic_write_json
 
 
 def esc50_present(esc50: Path) -> bool:
@@ -17,7 +18,6 @@ def esc50_present(esc50: Path) -> bool:
 
 def save_report(results: dict, path: Path, table: str, repo: Path) -> None:
     """Writes ``results`` as JSON to ``path``, prints the markdown ``table`` and the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(path, results)
     print(table)
     print(f"\n{path.relative_to(repo)}", file=sys.stderr)

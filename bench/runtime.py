@@ -12,7 +12,6 @@ split one inference. The CPU share subtracts start-up (imports, model load) by a
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -24,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from edgeaudio import Model
+from edgeaudio.backends import BACKENDS_FOR_FORMAT, backend_available
+from edgeaudio.files import atomic_write_json
 
-from edgeaudio import Model  # noqa: E402
-from edgeaudio.backends import BACKENDS_FOR_FORMAT, backend_available  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
@@ -129,9 +128,8 @@ def main():
                           f"{r['frontend_ms']:.2f}", f"{r['stream_ms_per_audio_s']:.1f}",
                           f"{100 * r.get('listen_cpu_share_steady', float('nan')):.1f} %",
                           f"{100 * r.get('listen_cpu_share_total', float('nan')):.1f} %"]))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "audio": str(args.audio.name),
-                                     "rows": rows}, indent=2))
+    atomic_write_json(args.json, {"machine": machine(), "audio": str(args.audio.name),
+                                  "rows": rows})
     print(f"\nwrote {args.json}")
 
 

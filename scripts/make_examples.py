@@ -4,15 +4,16 @@
 The clips are CC0 on Freesound and part of ESC-10 (CC BY 3.0 as a set); credits in
 examples/README.md. Rerun: .venv/bin/python scripts/make_examples.py
 """
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from edgeaudio.files import shared_dir
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
+SHARED = shared_dir()
 CLIPS = {"dog.flac": "5-203128-B-0", "rooster.flac": "5-200334-A-1",
          "crying_baby.flac": "5-151085-A-20"}
 GAP_SECONDS = 1.5

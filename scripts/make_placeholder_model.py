@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -23,13 +22,13 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from edgeaudio.files import shared_dir
 from edgeaudio.frontend import Frontend, FrontendSpec
 from edgeaudio.modelfile import ModelInfo
 from edgeaudio.train.logmel_cnn import LogMelCNN
 from edgeaudio.export.writers import write_onnx, write_tflite
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
+SHARED = shared_dir()
 WINDOW_FRAMES = 98  # 400 + 97 * 160 samples = 0.995 s at 16 kHz
 NAME = "esc10-placeholder"
 

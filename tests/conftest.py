@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
 
+from edgeaudio.files import shared_dir
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
+SHARED = shared_dir()
 ESC50 = SHARED / "data" / "esc50"
 PLACEHOLDER = TEST_DATA / "esc10-placeholder"   # .onnx / .tflite, made by scripts/make_placeholder_model.py
 
