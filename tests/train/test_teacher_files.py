@@ -7,7 +7,6 @@ CLI takes to a teacher file must refuse it with a user error (exit 2) before the
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 
@@ -26,7 +25,7 @@ from edgeaudio.train.teachers.fitted import (  # noqa: E402
     MANIFEST, MANIFEST_FORMAT, MEMBER_FORMAT, FittedTeacher, load_member, save_member)
 from edgeaudio.train.teachers.registry import get_teacher, kd_head_for  # noqa: E402
 
-from ..conftest import REPO, esc50_clip, esc50_rows  # noqa: E402
+from ..conftest import REPO, esc50_csv  # noqa: E402
 
 LABELS = ["dog", "rooster"]
 
@@ -198,15 +197,7 @@ def test_member_with_wrong_fields_is_a_clean_error(tmp_path, small_member):
 
 @pytest.fixture(scope="module")
 def two_class_csv(esc50, tmp_path_factory):
-    rows = [r for r in esc50_rows() if r["category"] in LABELS and r["fold"] in ("1", "2")]
-    picked = [r for label in LABELS for fold in ("1", "2")
-              for r in [r for r in rows if r["category"] == label and r["fold"] == fold][:1]]
-    path = tmp_path_factory.mktemp("data") / "labels.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "fold"])
-        writer.writerows([esc50_clip(r["filename"]), r["category"], r["fold"]] for r in picked)
-    return path
+    return esc50_csv(tmp_path_factory.mktemp("data"), LABELS, 1, 1)
 
 
 @pytest.mark.parametrize("flags", [["--teacher", "{dir}", "--reg", "con"],
@@ -216,7 +207,7 @@ def test_train_with_a_hostile_teacher_exits_2_and_runs_nothing(two_class_csv, tm
                                                                 flags):
     folder = teacher_folder(tmp_path / "teacher", ["member-0.pt"])
     hostile_member(folder / "member-0.pt", marker)
-    args = ["train", "--data", str(two_class_csv), "--fold", "2", "--student", "tiny",
+    args = ["train", "--data", str(two_class_csv), "--fold", "5", "--student", "tiny",
             "--epochs", "1", "--batch-size", "2", "--crop", "1.0", "--quiet",
             "--out", str(tmp_path / "run")] + [f.format(dir=folder) for f in flags]
     result = CliRunner().invoke(main, args, env={"EDGEAUDIO_CACHE": str(tmp_path / "cache")})
