@@ -359,7 +359,7 @@ def _stream_rules(doc):
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
-CROSS_FIELD_RULES = (_frontend_rules, _window_rules, _filterbank_rules, _stream_rules)
+CROSS_FIELD_RULES = (_frontend_rules, _filterbank_rules, _window_rules, _stream_rules)
 
 
 def nesting_depth(doc) -> int:
