@@ -33,7 +33,8 @@ def main():
     import os
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.disable(logging.WARNING)  # clipping warnings from 2000 clips drown the table
-    from edgeaudio.train.data import load_dataset, load_waveforms, shared_dir
+    from edgeaudio.files import shared_dir
+    from edgeaudio.train.data import load_dataset, load_waveforms
     from edgeaudio.train.probe import probe_teacher
 
     esc50 = args.esc50 or shared_dir() / "data" / "esc50"

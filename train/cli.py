@@ -48,6 +48,32 @@ def _list_teachers(ctx, param, value):
     ctx.exit(0)
 
 
+# (harmonic/log-mel students: TrainConfig; --student multiview: MultiViewConfig)
+SETTINGS_OF_FLAG = {"--teacher": "teachers", "--kd-teacher": "kd_teachers",
+                    "--crop": "crop_seconds", "--no-specaugment": "specaugment"}
+# run options a configuration file may hold besides the settings
+RUN_KEYS = ("folds", "out", "threads")
+
+
+def _flag(key: str) -> str:
+    for flag, name in SETTINGS_OF_FLAG.items():
+        if name == key:
+            return flag
+    return "--" + key.replace("_", "-")
+
+
+def _default(name: str, cls=None) -> str:
+    """``[default: X]`` for an option whose default is the configuration class's."""
+    from .config import TrainConfig
+    value = (cls or TrainConfig).default(name)
+    return f" [default: {value}]" if value not in (None, [], "") else ""
+
+
+def _default_multiview(name: str) -> str:
+    from .multiview_train import MultiViewConfig
+    return _default(name, MultiViewConfig)
+
+
 def _default_out(cfg, folds) -> Path:
     stem = Path(cfg.data.rstrip("/")).stem or "data"
     parts = [stem, cfg.student, cfg.reg]
@@ -66,101 +92,160 @@ def _default_out(cfg, folds) -> Path:
     return Path("runs") / "-".join(parts)
 
 
+def _multiview_out(cfg) -> Path:
+    return Path("runs") / "-".join(
+        [Path(str(cfg.data).rstrip("/")).stem or "data", "multiview",
+         cfg.views.replace(",", "+"), cfg.blend] + ([f"f{cfg.fold}"] if cfg.fold is not None
+                                                     else []))
+
+
+def training_settings(config_file, given: dict):
+    """(the run's configuration object, the run options) from a configuration file and the
+    options given on the command line (None = not given), the command line winning. The
+    ``student`` setting picks the configuration class."""
+    from .config import ConfigError, TrainConfig, read_config_file
+    from .multiview_train import MultiViewConfig
+
+    from_file = read_config_file(config_file) if config_file else {}
+    run_options = {k: from_file.pop(k) for k in RUN_KEYS if k in from_file}
+    run_options.update({k: given.pop(k) for k in RUN_KEYS if given.get(k) is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    student = given.get("student", from_file.get("student", TrainConfig.default("student")))
+    cls = MultiViewConfig if student == "multiview" else TrainConfig
+    layers = [from_file, given]
+    if cls is MultiViewConfig:
+        layers = [{k: v for k, v in layer.items() if k != "student"} for layer in layers]
+    known = set(cls.known_keys())
+    for source, layer in (("--config " + str(config_file), layers[0]),
+                          ("the command line", layers[1])):
+        stray = [k for k in layer if k not in known]
+        if stray:
+            names = ", ".join(_flag(k) if source == "the command line" else k for k in stray)
+            why = ("--student multiview trains without teachers and on one --fold"
+                   if cls is MultiViewConfig else f"--student {student} has no such setting")
+            raise UsageError(f"{why}: {names} (from {source}) do not apply"
+                             + (f"; known keys: {', '.join(sorted(known))}"
+                                if source != "the command line" else ""))
+    if "data" not in layers[0] and "data" not in layers[1]:
+        raise UsageError("--data is required (a folder of class sub-folders, a CSV, or the "
+                         "ESC-50 folder with --layout esc50), on the command line or in "
+                         "--config")
+    try:
+        return cls.build(*layers), run_options
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data", type=click.Path(), help="Class folders, a CSV (path,label[,fold]), or "
-              "the ESC-50 folder.")
-@click.option("--recipe", type=click.Choice(["esc50"]), default=None,
-              help="A known dataset layout (esc50: meta/esc50.csv, predefined folds).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="A TOML or YAML file of settings (keys: the options' names with "
+                   "underscores, e.g. kd_teachers, crop_seconds); options given here win.")
+@click.option("--data", type=click.Path(), default=None,
+              help="Class folders, a CSV (path,label[,fold]), or the ESC-50 folder.")
+@click.option("--layout", "--recipe", "layout", type=click.Choice(["esc50"]), default=None,
+              help="A known dataset layout (esc50: meta/esc50.csv, predefined folds); "
+                   "--recipe is its old name.")
 @click.option("--fold", type=int, default=None, help="Held-out fold (default: the last).")
 @click.option("--folds", default=None, help="Cross-validation over these held-out folds, e.g. 1-5.")
-@click.option("--student", default="small", show_default=True, help="Student size "
-              "(--list-students).")
-@click.option("--views", default="mel,gammatone,cqt,raw", show_default=True,
-              help="With --student multiview: one branch per view (mel, gammatone, cqt, raw).")
+@click.option("--student", default=None,
+              help="Student size (--list-students)." + _default("student"))
+@click.option("--views", default=None,
+              help="With --student multiview: one branch per view (mel, gammatone, cqt, raw)."
+                   + _default_multiview("views"))
 @click.option("--blend", type=click.Choice(["adaptive", "none", "late", "uniform"]),
-              default="adaptive", show_default=True,
+              default=None,
               help="With --student multiview: adaptive gradient blending read out as the "
-                   "self-ensemble; none = concatenation fusion; late = mean of view heads.")
+                   "self-ensemble; none = concatenation fusion; late = mean of view heads."
+                   + _default_multiview("blend"))
 @click.option("--blend-every", type=click.IntRange(1), default=None,
               help="With --blend adaptive: steps between weight updates (default: an epoch).")
-@click.option("--blend-floor", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--blend-floor", type=click.FloatRange(0, 1), default=None,
               help="With --blend adaptive: smallest weight, as a fraction of an equal share "
-                   "(0 lets a head stop learning; 0.1 keeps every head learning a little).")
+                   "(0 lets a head stop learning; 0.1 keeps every head learning a little)."
+                   + _default_multiview("blend_floor"))
 @click.option("--teacher", "teachers", multiple=True, help="Teacher for the regulariser "
               "(repeatable; concatenated).")
-@click.option("--reg", type=click.Choice(REGULARIZERS), default="none", show_default=True,
-              help="Feature-informed regulariser: con (Con-Reg) or dis (Dis-Reg).")
+@click.option("--reg", type=click.Choice(REGULARIZERS), default=None,
+              help="Feature-informed regulariser: con (Con-Reg) or dis (Dis-Reg)."
+                   + _default("reg"))
 @click.option("--alpha", type=float, default=None, help="Regulariser weight (default 5 for "
               "con, 1 for dis).")
-@click.option("--method", type=click.Choice(METHODS), default="student", show_default=True,
-              help="student, or a baseline that also uses the teacher at inference.")
-@click.option("--kd", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Weight of distillation from a linear probe on teacher embeddings.")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="student, or a baseline that also uses the teacher at inference."
+                   + _default("method"))
+@click.option("--kd", type=click.FloatRange(0, 1), default=None,
+              help="Weight of distillation from a linear probe on teacher embeddings."
+                   + _default("kd"))
 @click.option("--kd-teacher", "kd_teachers", multiple=True,
               help="Teacher(s) of the probe for --kd (default: efficientat).")
-@click.option("--kd-temperature", type=float, default=2.0, show_default=True)
-@click.option("--kd-mixtures", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--kd-temperature", type=float, default=None,
+              help="Distillation temperature." + _default("kd_temperature"))
+@click.option("--kd-mixtures", type=click.IntRange(0), default=None,
               help="Teacher-labelled mixtures planned per training clip (run through the "
-                   "teachers once, cached); they replace batch mixup. 0: off.")
-@click.option("--mixture-prob", type=click.FloatRange(0, 1), default=0.8, show_default=True,
-              help="With --kd-mixtures: chance that a clip is drawn as one of its mixtures.")
+                   "teachers once, cached); they replace batch mixup. 0: off."
+                   + _default("kd_mixtures"))
+@click.option("--mixture-prob", type=click.FloatRange(0, 1), default=None,
+              help="With --kd-mixtures: chance that a clip is drawn as one of its mixtures."
+                   + _default("mixture_prob"))
 @click.option("--classes", default=None, help="Train on these classes only: comma-separated "
-              "names, or esc10 (the ESC-10 subset of the ESC-50 recipe).")
-@click.option("--contrastive", is_flag=True, help="Cross-domain contrastive regularization "
-              "(Lee & Lee) with the --unlabeled audio.")
+              "names, or esc10 (the ESC-10 subset of the ESC-50 layout).")
+@click.option("--contrastive", is_flag=True, default=None,
+              help="Cross-domain contrastive regularization (Lee & Lee) with the --unlabeled "
+                   "audio.")
 @click.option("--unlabeled", multiple=True, help="With --contrastive: unlabeled audio, a folder "
               "(searched recursively) or a CSV (labels ignored); 'rest' = the clips outside "
               "--classes, held-out fold excluded. Repeatable.")
-@click.option("--contrastive-weight", type=click.FloatRange(0), default=0.05, show_default=True,
-              help="Weight of the NT-Xent term.")
+@click.option("--contrastive-weight", type=click.FloatRange(0), default=None,
+              help="Weight of the NT-Xent term." + _default("contrastive_weight"))
 @click.option("--contrastive-warmup", type=click.IntRange(0), default=None,
               help="Epochs on labels alone before the contrastive term (default: 10 % of "
                    "--epochs).")
-@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
-@click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None, help=_default("epochs")[1:])
+@click.option("--batch-size", type=click.IntRange(2), default=None,
+              help=_default("batch_size")[1:])
+@click.option("--lr", type=float, default=None, help=_default("lr")[1:])
+@click.option("--seed", type=int, default=None, help=_default("seed")[1:])
 @click.option("--crop", "crop_seconds", type=float, default=None,
               help="Training crop in seconds (default: min(4, longest clip)).")
-@click.option("--mixup", type=float, default=0.3, show_default=True,
-              help="Mixup Beta parameter (0: off).")
-@click.option("--no-specaugment", is_flag=True, help="Turn SpecAugment off.")
-@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
-              show_default=True, help="Use this stratified share of the training clips.")
+@click.option("--mixup", type=float, default=None,
+              help="Mixup Beta parameter (0: off)." + _default("mixup"))
+@click.option("--no-specaugment", "specaugment", flag_value=False, default=None,
+              help="Turn SpecAugment off.")
+@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Use this stratified share of the training clips."
+                   + _default("train_fraction"))
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
               help="Optimizer steps per epoch (default: one pass over the training clips; "
                    "more reshuffles them again).")
-@click.option("--eval-every", type=click.IntRange(1), default=1, show_default=True,
-              help="Held-out accuracy every this many epochs (and after the last).")
-@click.option("--skip-unreadable", is_flag=True,
+@click.option("--eval-every", type=click.IntRange(1), default=None,
+              help="Held-out accuracy every this many epochs (and after the last)."
+                   + _default("eval_every"))
+@click.option("--skip-unreadable", is_flag=True, default=None,
               help="Skip unreadable audio (listed in data_report.json) instead of stopping.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (default: runs/<data>-<student>-<reg>...).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="torch threads (two 1-thread runs beat one 2-thread run).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="torch threads (two 1-thread runs beat one 2-thread run). [default: 1]")
 @click.option("--stop-after", type=click.IntRange(1), default=None, hidden=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--list-students", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_students, help="List the student sizes and exit.")
 @click.option("--list-teachers", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_teachers, help="List the teachers and exit.")
-def train_command(data, recipe, fold, folds, student, views, blend, blend_every, blend_floor, teachers, reg, alpha, method, kd,
-                  kd_teachers, kd_temperature, kd_mixtures, mixture_prob, epochs, batch_size, lr, seed, crop_seconds,
-                  mixup, no_specaugment, train_fraction, skip_unreadable, out, resume, threads,
-                  stop_after, quiet, classes, contrastive, unlabeled, contrastive_weight,
-                  contrastive_warmup, steps_per_epoch, eval_every):
+def train_command(config_file, resume, stop_after, quiet, **options):
     """Train a student (teachers shape it at training time only).
 
     \b
     Examples:
       edgeaudio train --data my_recordings/           # one sub-folder per class
       edgeaudio train --data labels.csv               # path,label[,fold]
-      edgeaudio train --data ../shared/data/esc50 --recipe esc50 --fold 1 \\
+      edgeaudio train --data ../shared/data/esc50 --layout esc50 --fold 1 \\
           --student small --teacher yamnet --teacher efficientat --reg con --out runs/f1
-      edgeaudio train --data ../shared/data/esc50 --recipe esc50 --folds 1-5 \\
+      edgeaudio train --data ../shared/data/esc50 --layout esc50 --folds 1-5 \\
           --teacher yamnet --teacher efficientat --reg con --kd 0.7 --out runs/cv
-      edgeaudio train --data ../shared/data/esc50 --recipe esc50 --classes esc10 \\
+      edgeaudio train --config recipes/esc50_default_model.toml --fold 1 --out runs/f1
+      edgeaudio train --data ../shared/data/esc50 --layout esc50 --classes esc10 \\
           --contrastive --unlabeled rest --out runs/esc10-contrastive   # ESC-40 unlabeled
       edgeaudio train --out runs/f1 --resume ...      # same flags; continues a killed run
       edgeaudio train --list-students / --list-teachers
@@ -168,31 +253,22 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .data import parse_folds
-    from .loop import TrainConfig, train, train_cv
+    from .loop import train, train_cv
+    from .multiview_train import MultiViewConfig, train_multiview
     from .students import STUDENTS
 
-    if not data:
-        raise UsageError("--data is required (a folder of class sub-folders, a CSV, or the "
-                         "ESC-50 folder with --recipe esc50)")
-    if student == "multiview" and (contrastive or unlabeled or classes):
-        raise UsageError("--contrastive, --unlabeled and --classes train the harmonic students, "
-                         "not --student multiview")
-    if student == "multiview":
-        if teachers or kd_teachers or kd or reg != "none" or method != "student" or folds:
-            raise UsageError("--student multiview trains without teachers (--teacher, --reg, "
-                             "--kd, --method) and on one --fold")
-        from .multiview_train import MultiViewConfig, train_multiview
-        mv_cfg = MultiViewConfig(data=str(data), recipe=recipe, fold=fold, views=views,
-                                 blend=blend, blend_every=blend_every, blend_floor=blend_floor,
-                                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                 crop_seconds=crop_seconds, mixup=mixup,
-                                 specaugment=not no_specaugment,
-                                 train_fraction=train_fraction, skip_unreadable=skip_unreadable,
-                                 eval_every=eval_every)
-        out = Path(out) if out else Path("runs") / "-".join(
-            [Path(str(data).rstrip("/")).stem or "data", "multiview", views.replace(",", "+"),
-             blend] + ([f"f{fold}"] if fold is not None else []))
-        metrics = train_multiview(mv_cfg, out, resume=resume, progress=not quiet,
+    # None is "not given", for repeatable options and flags too, so a --config file's value
+    # stands unless the command line names it
+    given = {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in options.items()}
+    cfg, run_options = training_settings(config_file, given)
+    threads = int(run_options.get("threads") or 1)
+    fold_list = parse_folds(run_options.get("folds"))
+    out = run_options.get("out")
+    if isinstance(cfg, MultiViewConfig):
+        if fold_list:
+            raise UsageError("--student multiview trains on one --fold")
+        out = Path(out) if out else _multiview_out(cfg)
+        metrics = train_multiview(cfg, out, resume=resume, progress=not quiet,
                                   stop_after_epoch=stop_after, threads=threads)
         if "stopped_after_epoch" in metrics:
             click.echo(f"stopped after epoch {metrics['stopped_after_epoch']}; continue with "
@@ -201,30 +277,18 @@ def train_command(data, recipe, fold, folds, student, views, blend, blend_every,
             click.echo(f"held-out accuracy {metrics['accuracy']:.4f} ({metrics['readout']}) on "
                        f"{metrics['n_test']} clips; {out / 'metrics.json'}")
         return
-    if student not in STUDENTS:
-        raise UsageError(f"unknown student {student!r} (known: {', '.join(STUDENTS)})")
+    if cfg.student not in STUDENTS:
+        raise UsageError(f"unknown student {cfg.student!r} (known: {', '.join(STUDENTS)}, "
+                         f"multiview)")
     from .teachers.registry import UnknownTeacherError, validate_teacher_names
     try:
-        validate_teacher_names(list(teachers) + list(kd_teachers))
+        validate_teacher_names(list(cfg.teachers) + list(cfg.kd_teachers))
     except UnknownTeacherError as exc:
         raise UsageError(str(exc)) from None
-    if reg != "none" and not teachers:
-        raise UsageError(f"--reg {reg} needs at least one --teacher")
-    if folds and fold is not None:
+    if cfg.reg != "none" and not cfg.teachers:
+        raise UsageError(f"--reg {cfg.reg} needs at least one --teacher")
+    if fold_list and cfg.fold is not None:
         raise UsageError("give --fold or --folds, not both")
-    cfg = TrainConfig(data=str(data), recipe=recipe, fold=fold, student=student,
-                      teachers=list(teachers), reg=reg, alpha=alpha, method=method, kd=kd,
-                      kd_teachers=list(kd_teachers), kd_temperature=kd_temperature,
-                      kd_mixtures=kd_mixtures, mixture_prob=mixture_prob,
-                      epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      crop_seconds=crop_seconds, mixup=mixup,
-                      specaugment=not no_specaugment, train_fraction=train_fraction,
-                      skip_unreadable=skip_unreadable, classes=classes,
-                      contrastive=contrastive, unlabeled=list(unlabeled),
-                      contrastive_weight=contrastive_weight,
-                      contrastive_warmup=contrastive_warmup, steps_per_epoch=steps_per_epoch,
-                      eval_every=eval_every)
-    fold_list = parse_folds(folds)
     out = Path(out) if out else _default_out(cfg, fold_list)
     progress = not quiet
     if fold_list:
@@ -297,7 +361,7 @@ def evaluate_command(run, data, recipe, fold, out, as_json, threads, model_file,
     if run is None:
         raise UsageError("give a RUN folder (or --model FILE --events CSV)")
     import torch
-    from .loop import evaluate_run
+    from .evaluation import evaluate_run
 
     torch.set_num_threads(threads)
     run_path = Path(run)

@@ -1,4 +1,4 @@
-"""Datasets for the train CLI: folder-per-class, CSV (path,label[,fold]) and the ESC-50 recipe.
+"""Datasets for the train CLI: folder-per-class, CSV (path,label[,fold]) and the ESC-50 layout.
 
 A dataset is a list of ``Item`` (path, label, fold) plus the ordered class names. Loading it
 checks everything a run would trip over later and raises ``DatasetError`` naming the file:
@@ -29,9 +29,10 @@ import numpy as np
 
 from edgeaudio.errors import AudioError, EdgeAudioError
 
+from .progress import progress_bar
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus")
-RECIPES = ("esc50",)
-SHARED_ENV_VAR = "EDGEAUDIO_SHARED"
+LAYOUTS = ("esc50",)   # known dataset layouts (--layout)
 
 
 class DatasetError(EdgeAudioError):
@@ -79,21 +80,29 @@ class Dataset:
                 "skipped": list(self.skipped)}
 
 
-def shared_dir(repo_root: Path | None = None) -> Path:
-    root = repo_root or Path(__file__).resolve().parents[1]
-    return Path(os.environ.get(SHARED_ENV_VAR, root.parent / "shared"))
+def require_classes(dataset: Dataset, what: str = "training") -> Dataset:
+    """A classifier needs two classes at least: one class would give a model that names that
+    class for everything it hears, silence included."""
+    present = sorted({item.label for item in dataset.items})
+    if len(present) < 2:
+        only = f" (only {present[0]!r})" if present else ""
+        raise DatasetError(f"{dataset.source}: {what} needs recordings of at least two "
+                           f"classes{only}; add recordings of other sounds, e.g. a "
+                           f"'background' class of everything else the microphone hears")
+    return dataset
 
 
 # ------------------------------------------------------------------------------ loading
 
 
-def load_dataset(data, recipe: str | None = None) -> Dataset:
-    """``data``: a folder with one sub-folder per class, a CSV file, or (``recipe="esc50"``)
+def load_dataset(data, layout: str | None = None) -> Dataset:
+    """``data``: a folder with one sub-folder per class, a CSV file, or (``layout="esc50"``)
     the ESC-50 folder (``meta/esc50.csv`` + ``audio/``)."""
     path = Path(data)
-    if recipe is not None:
-        if recipe != "esc50":
-            raise DatasetError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    if layout is not None:
+        if layout != "esc50":
+            raise DatasetError(f"unknown dataset layout {layout!r} (known: "
+                               f"{', '.join(LAYOUTS)})")
         return load_esc50(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
@@ -156,11 +165,12 @@ def load_folder(root: Path) -> Dataset:
 
 
 def load_csv(path: Path, labels: Sequence[str] | None = None) -> Dataset:
-    """``path,label[,fold]`` with a header row; paths relative to the CSV's folder."""
+    """``path,label[,fold]`` with a header row; paths relative to the CSV's folder. A leading
+    byte-order mark (spreadsheet programs write one) is read as such."""
     path = Path(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle, delimiter=delimiter))
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read labels file ({exc})") from exc
@@ -260,7 +270,7 @@ UNLABELED_REST = "rest"    # --unlabeled rest: the clips of the classes outside 
 def select_classes(dataset: Dataset, classes: str | None) -> tuple[Dataset, Dataset]:
     """(the dataset restricted to ``classes``, the rest of it).
 
-    ``classes``: comma-separated class names, or ``esc10`` (the ESC-50 recipe's ESC-10 subset);
+    ``classes``: comma-separated class names, or ``esc10`` (the ESC-50 layout's ESC-10 subset);
     None keeps every class (the dataset itself is returned, the rest is empty).
     """
     if not classes:
@@ -268,7 +278,7 @@ def select_classes(dataset: Dataset, classes: str | None) -> tuple[Dataset, Data
     if classes.strip().lower() == "esc10":
         if dataset.kind != "esc50":
             raise DatasetError("--classes esc10 selects ESC-50's esc10 column: it needs the "
-                               "ESC-50 folder (--recipe esc50)")
+                               "ESC-50 folder (--layout esc50)")
         wanted = set(esc10_labels(dataset.source))
     else:
         wanted = {name.strip() for name in classes.split(",") if name.strip()}
@@ -430,25 +440,27 @@ def load_waveforms(items: Sequence[Item], sample_rate: int, *, skip_unreadable: 
 
     waves: list[np.ndarray | None] = []
     bad = []
-    iterator = items
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(items, desc="decoding audio", unit="clip", leave=False)
+    bar = progress_bar(len(items), "decoding audio", "clip", enabled=progress)
     clipped: list[str] = []
     quiet = _Collect(clipped)
     logger = logging.getLogger("edgeaudio")
     logger.addFilter(quiet)
     try:
-        for item in iterator:
+        for item in items:
             try:
                 wave = load_audio(item.path, sample_rate)
             except AudioError as exc:
                 bad.append({"path": str(item.path), "reason": str(exc)})
                 waves.append(None)
                 continue
+            finally:
+                if bar is not None:
+                    bar.update(1)
             waves.append(np.ascontiguousarray(wave, dtype=np.float32))
     finally:
         logger.removeFilter(quiet)
+        if bar is not None:
+            bar.close()
     if clipped:
         logger.warning("%d of %d clips have clipped samples (e.g. %s); kept as they are",
                        len(clipped), len(items), clipped[0])
@@ -507,8 +519,7 @@ class Crops:
 
 
 def make_crops(waves: Sequence[np.ndarray], indices: np.ndarray, crop_samples: int,
-               sample_rate: int, rng: np.random.Generator, *, gain_db: float = 0.0,
-               random_crop: bool = True) -> Crops:
+               sample_rate: int, rng: np.random.Generator, *, gain_db: float = 0.0) -> Crops:
     """Random crops of ``crop_samples`` (clips shorter than that are zero-padded at a random
     offset), each scaled by a random gain in ``[-gain_db, +gain_db]`` dB."""
     batch = np.zeros((len(indices), crop_samples), dtype=np.float32)
@@ -519,12 +530,11 @@ def make_crops(waves: Sequence[np.ndarray], indices: np.ndarray, crop_samples: i
         n = len(wave)
         clip_s[row] = n / sample_rate
         if n >= crop_samples:
-            offset = int(rng.integers(0, n - crop_samples + 1)) if random_crop else \
-                (n - crop_samples) // 2
+            offset = int(rng.integers(0, n - crop_samples + 1))
             batch[row] = wave[offset:offset + crop_samples]
             starts[row] = offset / sample_rate
         else:
-            pad = int(rng.integers(0, crop_samples - n + 1)) if random_crop else 0
+            pad = int(rng.integers(0, crop_samples - n + 1))
             batch[row, pad:pad + n] = wave
             starts[row] = -pad / sample_rate
     if gain_db > 0:

@@ -20,6 +20,7 @@ finer one, see ``edgeaudio.train.teachers.base.align_frames``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -184,6 +185,15 @@ def fit_probe(pooled: np.ndarray, targets: np.ndarray, n_classes: int, c: float 
     return probe
 
 
+class DistillationTarget(Protocol):
+    """Soft targets for distillation: class probabilities at ``temperature`` for the pooled
+    teacher embeddings ``pooled [N, dim]`` of dataset items ``items [N]``."""
+
+    def soft_targets(self, pooled: np.ndarray, items: Sequence[int],
+                     temperature: float) -> np.ndarray:
+        ...
+
+
 @dataclass
 class CrossFitProbes:
     """K probes, each fitted without one part of the training clips, so that every training
@@ -200,6 +210,12 @@ class CrossFitProbes:
     def probe_for(self, item_index: int) -> LinearProbe:
         k = self.assignment.get(int(item_index))
         return self.full if k is None else self.probes[k]
+
+    def soft_targets(self, pooled: np.ndarray, items: Sequence[int],
+                     temperature: float) -> np.ndarray:
+        """Each item's targets from the probe that never saw it."""
+        return np.stack([self.probe_for(i).probabilities(pooled[r:r + 1], temperature)[0]
+                         for r, i in enumerate(items)])
 
 
 def fit_crossfit_probes(pooled: np.ndarray, targets: np.ndarray, train_indices: np.ndarray,

@@ -2,8 +2,9 @@
 
 The pieces (views, branches, heads, fusion modes, gradient blending, self-ensemble) live in
 ``edgeaudio.train.multiview`` and ``edgeaudio.train.blending``; this module is the loop around
-them, in the manner of ``edgeaudio.train.loop`` (whose schedule, crops, SpecAugment,
-classification report and plots it reuses):
+them, on the run scaffold every loop shares (``edgeaudio.train.run``: run folder, resume
+checks, seeding by (seed, epoch), epoch bar and log), with the shared schedule, crops,
+SpecAugment, classification report and plots:
 
 - waveform crops with random gain (``make_crops``), mixup of waveforms with soft targets,
   the views computed per batch (they are cheap next to the branches: ~15 % of a step for all
@@ -26,9 +27,8 @@ blending weights per recomputation, per-branch parameters and MACs, training tim
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +37,17 @@ import torch.nn.functional as F
 
 from edgeaudio.errors import EdgeAudioError
 
+from .augment import spec_augment
 from .blending import plot_weights
 from .checkpoint import save_checkpoint
+from .config import Settings
 from .data import (clip_batches, drop_items, load_dataset, load_waveforms, make_crops,
-                   split_indices)
-from .loop import (classification_report, log_line, lr_factor, open_run, plot_confusion,
-                   plot_curves, spec_augment, write_json)
+                   require_classes, split_indices)
+from .evaluation import classification_report
 from .multiview import MultiViewNet, MultiViewObjective, describe_costs, self_ensemble
+from .plots import plot_confusion, plot_curves
+from .run import EpochLoop, RunFolder
+from .schedule import adamw, lr_factor
 from .views import parse_views
 
 # --blend value -> MultiViewObjective mode
@@ -56,13 +60,17 @@ class MultiViewTrainError(EdgeAudioError):
 
 
 @dataclass
-class MultiViewConfig:
+class MultiViewConfig(Settings):
+    """The settings of a multi-view run (``edgeaudio train --student multiview``)."""
+
+    RENAMED = {"recipe": "layout"}
+
     data: str
-    recipe: str | None = None
+    layout: str | None = None
     fold: int | None = None
     views: str = "mel,gammatone,cqt,raw"
     blend: str = "adaptive"                 # a key of BLEND_MODES
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-2
@@ -107,13 +115,6 @@ class MultiViewConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise MultiViewTrainError("val_fraction must be in (0, 1)")
 
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MultiViewConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def blend_validation_split(targets: np.ndarray, train_idx: np.ndarray, fraction: float,
@@ -192,11 +193,10 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
     cfg.validate()
     if threads:
         torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoint.pt"
-    state = open_run(out_dir, cfg, resume, MultiViewTrainError)
+    run = RunFolder(out_dir, cfg, resume=resume, error=MultiViewTrainError, echo=progress)
+    state = run.state
 
-    dataset = load_dataset(cfg.data, cfg.recipe)
+    dataset = require_classes(load_dataset(cfg.data, cfg.layout))
     labels = dataset.labels
     torch.manual_seed(cfg.seed)
     model = MultiViewNet(cfg.views, len(labels), branch=cfg.branch, raw_branch=cfg.raw_branch)
@@ -209,10 +209,10 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
                                         val_fraction=cfg.test_fraction,
                                         train_fraction=cfg.train_fraction)
     train_idx, val_idx = blend_validation_split(targets, all_train, cfg.val_fraction, cfg.seed)
-    write_json(out_dir / "data_report.json",
-               {**dataset.report(), "train_items": int(len(train_idx)),
-                "blend_validation_items": int(len(val_idx)),
-                "test_items": int(len(test_idx)), "test_fold": cfg.fold})
+    run.write_json("data_report.json",
+                   {**dataset.report(), "train_items": int(len(train_idx)),
+                    "blend_validation_items": int(len(val_idx)),
+                    "test_items": int(len(test_idx)), "test_fold": cfg.fold})
 
     view = model.views[model.view_names[0]]
     hop, win = view.hop_length, view.win_length
@@ -226,10 +226,7 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
     objective = MultiViewObjective(model, mode=cfg.mode, window=cfg.blend_window,
                                    every=cfg.blend_every or steps_per_epoch,
                                    floor=cfg.blend_floor)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     val_batches = fixed_view_batches(model, waves, targets, val_idx, min_samples)
     subset = np.sort(np.random.default_rng([cfg.seed, 4243]).choice(
         train_idx, size=min(len(train_idx), len(val_idx)), replace=False))
@@ -245,10 +242,10 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
         objective.load_state_dict(ts["objective"])
         history = list(ts["history"])
         start_epoch, train_seconds = int(state["epoch"]), float(ts["train_seconds"])
-        log_line(out_dir, f"resuming after epoch {start_epoch}")
+        run.log(f"resuming after epoch {start_epoch}")
 
     def save(epoch: int, metrics: dict | None = None) -> None:
-        save_checkpoint(ckpt_path, student_name=STUDENT_NAME, frontend_settings=model.settings,
+        save_checkpoint(run.checkpoint_path, student_name=STUDENT_NAME, frontend_settings=model.settings,
                         labels=labels, window_frames=window_frames,
                         model_state=model.state_dict(), epoch=epoch, config=cfg.to_dict(),
                         metrics=metrics or {},
@@ -256,21 +253,14 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
                                      "objective": objective.state_dict(), "history": history,
                                      "train_seconds": train_seconds})
 
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        t_epoch, cpu_epoch = time.time(), time.process_time()
-        rng = np.random.default_rng([cfg.seed, epoch])
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
+    epochs = EpochLoop(run, seed=cfg.seed, epochs=cfg.epochs, steps=steps_per_epoch,
+                       start_epoch=start_epoch, progress=progress, stop_after=stop_after_epoch)
+    for ep in epochs:
+        epoch, rng = ep.epoch, ep.rng
         model.train()
         order = train_idx[rng.permutation(len(train_idx))]
         sums: dict[str, float] = {"loss": 0.0}
         correct = seen = 0
-        bar = None
-        if progress:
-            import sys
-            from tqdm import tqdm
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
-                       leave=False, file=sys.stderr,
-                       mininterval=0.5 if sys.stderr.isatty() else 30)
         for step in range(steps_per_epoch):
             global_step = (epoch - 1) * steps_per_epoch + step + 1
             for group in optimizer.param_groups:
@@ -293,9 +283,7 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
                     inputs[name] = spec_augment(inputs[name], rng, cfg, 1)
             outputs = model.forward_views(inputs)
             loss, parts = objective.loss(outputs, soft)
-            if not torch.isfinite(loss):
-                raise MultiViewTrainError(f"loss became {loss.item()} at epoch {epoch}, step "
-                                          f"{step} (try a lower --lr)")
+            ep.check_finite(loss, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -309,19 +297,14 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
             if objective.blender is not None and objective.blender.due(global_step):
                 objective.after_step(global_step, model, train_subset, val_batches)
                 weights = objective.weights
-                log_line(out_dir, f"step {global_step}: blending weights " + ", ".join(
+                run.log(f"step {global_step}: blending weights " + ", ".join(
                     f"{k} {v:.3f}" for k, v in weights.items()), echo=False)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}",
-                                acc=f"{correct / seen:.3f}")
-        if bar is not None:
-            bar.close()
-        train_seconds += time.time() - t_epoch
-        record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()},
+            ep.step_done(loss=f"{sums['loss'] / (step + 1):.3f}", acc=f"{correct / seen:.3f}")
+        times = ep.training_done()
+        train_seconds += times["seconds"]
+        record = {**{k: v / steps_per_epoch for k, v in sums.items()},
                   "train_acc": correct / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
-                  "weights": objective.weights, "seconds": round(time.time() - t_epoch, 2),
-                  "cpu_seconds": round(time.process_time() - cpu_epoch, 2)}
+                  "weights": objective.weights, **times}
         if len(test_idx) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             t_eval, cpu_eval = time.time(), time.process_time()
             logits = predict_heads(model, waves, test_idx, min_samples)
@@ -332,13 +315,12 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
                 torch.from_numpy(t)))
             record["eval_seconds"] = round(time.time() - t_eval, 2)
             record["eval_cpu_seconds"] = round(time.process_time() - cpu_eval, 2)
-        history.append(record)
-        save(epoch, {"last_epoch": {k: v for k, v in record.items() if k != "weights"}})
-        log_line(out_dir, "epoch {epoch:3d}  loss {loss:.4f}  train acc {train_acc:.3f}  "
-                          "held-out acc {ta}  ({seconds:.0f} s)".format(
-                              **record, ta=f"{record['test_acc']:.3f}"
-                              if "test_acc" in record else "-"), echo=progress)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+        ep.finish(record, history,
+                  lambda k, r: save(k, {"last_epoch": {n: v for n, v in r.items()
+                                                       if n != "weights"}}),
+                  "epoch {epoch:3d}  loss {loss:.4f}  train acc {train_acc:.3f}  "
+                  "held-out acc {held_out}  ({seconds:.0f} s)")
+        if ep.stop:
             return {"stopped_after_epoch": epoch}
 
     metrics: dict = {"labels": labels, "student": STUDENT_NAME, "views": model.view_names,
@@ -356,7 +338,7 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
         report = classification_report(t, probs.argmax(1).numpy(), labels)
         metrics.update(report)
         metrics["accuracy_by_readout"] = accs
-        plot_confusion(report["confusion"], labels, out_dir / "confusion.png",
+        plot_confusion(report["confusion"], labels, run.out_dir / "confusion.png",
                        f"multiview {'+'.join(model.view_names)} --blend {cfg.blend}: "
                        f"{report['accuracy']:.3f}")
     costs = describe_costs(model, crop_samples / rate)
@@ -376,15 +358,14 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
         metrics["blending"] = {"window": blender.window, "every": blender.every,
                                "floor": blender.floor, "final_weights": objective.weights,
                                "history": blender.history}
-        plot_weights(blender, out_dir / "weights.png",
+        plot_weights(blender, run.out_dir / "weights.png",
                      f"blending weights, {'+'.join(model.view_names)} "
                      f"(W={blender.window}, every {blender.every} steps)")
-    plot_curves(history, out_dir / "curves.png",
+    plot_curves(history, run.out_dir / "curves.png",
                 f"multiview {'+'.join(model.view_names)} --blend {cfg.blend}")
     save(cfg.epochs, {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics})
-    write_json(out_dir / "metrics.json", metrics)
+    run.write_json("metrics.json", metrics)
     acc = metrics.get("accuracy")
-    log_line(out_dir, f"done: held-out accuracy {acc:.4f} ({readout_name}), "
-                      f"{train_seconds / 60:.1f} min" if acc is not None else "done",
-             echo=progress)
+    run.log(f"done: held-out accuracy {acc:.4f} ({readout_name}), "
+            f"{train_seconds / 60:.1f} min" if acc is not None else "done")
     return metrics

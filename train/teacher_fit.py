@@ -30,11 +30,9 @@ from its last epoch and ends as it would have uninterrupted. ``DIR`` is a teache
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -44,9 +42,11 @@ import torch.nn.functional as F
 
 from edgeaudio.errors import EdgeAudioError
 
+from .checkpoint import load_plain, save_plain
+from .config import Settings
 from .data import (clip_batches, drop_items, load_dataset, load_waveforms, make_crops,
-                   split_indices)
-from .loop import log_line, write_json
+                   require_classes, split_indices)
+from .run import EpochLoop, RunFolder
 from .teachers.fitted import (MANIFEST, MANIFEST_FORMAT, MEMBER_ARCHS, build_member,
                               load_member, read_manifest, save_member)
 
@@ -56,10 +56,14 @@ class TeacherFitError(EdgeAudioError):
 
 
 @dataclass
-class TeacherFitConfig:
+class TeacherFitConfig(Settings):
+    """The settings of ``edgeaudio teacher fit``."""
+
+    RENAMED = {"recipe": "layout"}
+
     arch: str
     data: str
-    recipe: str | None = None
+    layout: str | None = None
     fold: int | None = None
     ensemble: int = 1
     epochs: int = 10
@@ -99,20 +103,6 @@ class TeacherFitConfig:
     def pretrained_source(self):
         return self.weights if self.weights else bool(self.pretrained)
 
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TeacherFitConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def _save_atomic(payload, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -150,24 +140,12 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TeacherFitError(f"--device {device}: torch sees no CUDA device here")
-    out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir) if out_dir.is_dir() else None
-    if manifest is not None and not resume:
-        raise TeacherFitError(f"{out_dir} already holds a teacher fit ({MANIFEST}); pass "
-                              f"--resume to continue it or choose another --out")
-    if resume:
-        if manifest is None:
-            raise TeacherFitError(f"--resume: no {MANIFEST} in {out_dir}")
-        stored = TeacherFitConfig.from_dict(manifest["config"]).to_dict()
-        differ = [k for k, v in cfg.to_dict().items() if stored.get(k) != v]
-        if differ:
-            raise TeacherFitError("--resume with settings that differ from the fit's: "
-                                  + ", ".join(f"{k} ({stored.get(k)!r} -> "
-                                              f"{cfg.to_dict()[k]!r})" for k in differ))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_line(out_dir, f"teacher fit {out_dir}: {json.dumps(cfg.to_dict())}", echo=False)
+    run = RunFolder(out_dir, cfg, resume=resume, error=TeacherFitError, marker=MANIFEST,
+                    read_state=lambda path: read_manifest(path.parent), ignore=(),
+                    echo=progress)
+    out_dir, manifest = run.out_dir, run.state
 
-    dataset = load_dataset(cfg.data, cfg.recipe)
+    dataset = require_classes(load_dataset(cfg.data, cfg.layout))
     labels = dataset.labels
     try:
         rate = build_member(cfg.arch, len(labels), pretrained=False).sample_rate
@@ -201,14 +179,14 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
                    "per_member": per_member, "config": cfg.to_dict(),
                    "torch": torch.__version__, "device": device,
                    "threads": torch.get_num_threads(), **(extra or {})}
-        write_json(out_dir / MANIFEST, payload)
+        run.write_json(MANIFEST, payload)
         return payload
 
     write_manifest()
     epochs_run = 0
     for k in range(len(members), cfg.ensemble):
         try:
-            record = _fit_member(cfg, k, out_dir, waves, targets, labels, train_idx, test_idx,
+            record = _fit_member(cfg, k, run, waves, targets, labels, train_idx, test_idx,
                                  crop_samples, rate, batch_size, steps_per_epoch, device,
                                  progress, resume, stop_after_epochs, epochs_run)
         except _Stopped as stop:
@@ -217,9 +195,9 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
         members.append(f"member-{k}.pt")
         per_member.append(record)
         write_manifest()
-        log_line(out_dir, f"member {k + 1}/{cfg.ensemble} done: held-out acc "
-                          f"{record.get('test_accuracy', float('nan')):.4f} "
-                          f"({record['train_seconds'] / 60:.1f} min)", echo=progress)
+        run.log(f"member {k + 1}/{cfg.ensemble} done: held-out acc "
+                f"{record.get('test_accuracy', float('nan')):.4f} "
+                f"({record['train_seconds'] / 60:.1f} min)")
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs \
                 and k < cfg.ensemble - 1:
             return {"stopped": True, "member": k + 1, "epochs_run": epochs_run}
@@ -233,16 +211,16 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
                  "ensemble_test_accuracy_by_size": by_size,
                  "member_test_accuracy_mean": float(np.mean(
                      [m["test_accuracy"] for m in per_member]))}
-        log_line(out_dir, f"ensemble of {cfg.ensemble}: held-out acc {by_size[-1]:.4f} "
-                          f"(first 1..N members: "
-                          + ", ".join(f"{a:.3f}" for a in by_size) + ")", echo=progress)
+        run.log(f"ensemble of {cfg.ensemble}: held-out acc {by_size[-1]:.4f} "
+                f"(first 1..N members: " + ", ".join(f"{a:.3f}" for a in by_size) + ")")
     extra["train_seconds"] = round(sum(m["train_seconds"] for m in per_member), 1)
     return write_manifest(extra)
 
 
-def _fit_member(cfg: TeacherFitConfig, k: int, out_dir: Path, waves, targets, labels,
+def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, labels,
                 train_idx, test_idx, crop_samples, rate, batch_size, steps_per_epoch, device,
                 progress, resume, stop_after_epochs, epochs_run) -> dict:
+    out_dir = run.out_dir
     member_seed = cfg.seed + k
     progress_path = out_dir / "progress" / f"member-{k}.pt"
     torch.manual_seed(member_seed)
@@ -260,29 +238,33 @@ def _fit_member(cfg: TeacherFitConfig, k: int, out_dir: Path, waves, targets, la
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history, start_epoch, train_seconds = [], 0, 0.0
     if resume and progress_path.exists():
-        state = torch.load(progress_path, map_location=device, weights_only=False)
+        state = load_plain(progress_path, TeacherFitError, "teacher-fit progress file",
+                           map_location=device)
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
         train_seconds = float(state["train_seconds"])
-        log_line(out_dir, f"member {k}: resuming after epoch {start_epoch}", echo=progress)
+        run.log(f"member {k}: resuming after epoch {start_epoch}")
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in trainable)
-    run_here = 0
     test_probs = None
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        t_epoch, cpu_epoch = time.time(), time.process_time()
-        rng = np.random.default_rng([member_seed, epoch])
-        torch.manual_seed(member_seed * 100_003 + epoch)
+
+    def save(epoch: int, record: dict) -> None:
+        save_plain({"model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "history": history, "epoch": epoch, "train_seconds": train_seconds},
+                   progress_path)
+
+    # the stop-after hook counts epochs over all members fitted in this call
+    stop_after = (None if stop_after_epochs is None
+                  else start_epoch + stop_after_epochs - epochs_run)
+    epochs = EpochLoop(run, seed=member_seed, epochs=cfg.epochs, steps=steps_per_epoch,
+                       start_epoch=start_epoch, progress=progress, stop_after=stop_after,
+                       label=f"member {k} ")
+    for ep in epochs:
+        rng = ep.rng
         model.train()
         order = train_idx[rng.permutation(len(train_idx))]
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=steps_per_epoch, unit="step", leave=False, file=sys.stderr,
-                       desc=f"member {k + 1}/{cfg.ensemble} epoch {epoch}/{cfg.epochs}",
-                       mininterval=0.5 if sys.stderr.isatty() else 30)
         for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
             crops = make_crops(waves, idx, crop_samples, rate, rng)
@@ -290,43 +272,29 @@ def _fit_member(cfg: TeacherFitConfig, k: int, out_dir: Path, waves, targets, la
             y = torch.from_numpy(targets[idx]).to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TeacherFitError(f"member {k}: loss became {loss.item()} at epoch "
-                                      f"{epoch}, step {step} (try a lower --lr)")
+            ep.check_finite(loss, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.item()
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}", acc=f"{correct / seen:.3f}")
-        if bar is not None:
-            bar.close()
-        seconds = time.time() - t_epoch
-        train_seconds += seconds
-        record = {"epoch": epoch, "loss": loss_sum / steps_per_epoch,
-                  "train_acc": correct / max(1, seen), "seconds": round(seconds, 2),
-                  "cpu_seconds": round(time.process_time() - cpu_epoch, 2)}
+            ep.step_done(loss=f"{loss_sum / (step + 1):.3f}", acc=f"{correct / seen:.3f}")
+        times = ep.training_done()
+        train_seconds += times["seconds"]
+        record = {"loss": loss_sum / steps_per_epoch, "train_acc": correct / max(1, seen),
+                  **times}
         if len(test_idx):
             t_eval, cpu_eval = time.time(), time.process_time()
             test_probs = predict_probabilities(model, waves, test_idx, device)
             record["test_acc"] = float((test_probs.argmax(1) == targets[test_idx]).mean())
             record["eval_seconds"] = round(time.time() - t_eval, 2)
             record["eval_cpu_seconds"] = round(time.process_time() - cpu_eval, 2)
-        history.append(record)
-        _save_atomic({"model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "history": history, "epoch": epoch, "train_seconds": train_seconds},
-                     progress_path)
-        log_line(out_dir, "member {k} epoch {epoch:3d}  loss {loss:.4f}  train acc "
-                          "{train_acc:.3f}  held-out acc {ta}  ({seconds:.0f} s)".format(
-                              k=k, **record, ta=f"{record['test_acc']:.3f}"
-                              if "test_acc" in record else "-"), echo=progress)
-        run_here += 1
-        if stop_after_epochs is not None and epochs_run + run_here >= stop_after_epochs \
-                and epoch < cfg.epochs:
-            raise _Stopped(epochs_run + run_here)
+        ep.finish(record, history, save,
+                  "{label}epoch {epoch:3d}  loss {loss:.4f}  train acc {train_acc:.3f}  "
+                  "held-out acc {held_out}  ({seconds:.0f} s)")
+        if ep.stop:
+            raise _Stopped(epochs_run + ep.epoch - start_epoch)
     if test_probs is None and len(test_idx):  # resumed after the last epoch's checkpoint
         test_probs = predict_probabilities(model, waves, test_idx, device)
     record = {"file": f"member-{k}.pt", "seed": member_seed, "params": n_params,
@@ -342,7 +310,7 @@ def _fit_member(cfg: TeacherFitConfig, k: int, out_dir: Path, waves, targets, la
                 metrics={k_: v for k_, v in record.items() if k_ != "history"},
                 config=cfg.to_dict())
     progress_path.unlink(missing_ok=True)
-    record["_epochs_run"] = run_here
+    record["_epochs_run"] = cfg.epochs - start_epoch
     return record
 
 
@@ -362,7 +330,8 @@ def teacher_group():
               help="Members, differing only in seed and batch order.")
 @click.option("--data", type=click.Path(), required=True,
               help="Class folders, a CSV (path,label[,fold]), or the ESC-50 folder.")
-@click.option("--recipe", type=click.Choice(["esc50"]), default=None)
+@click.option("--layout", "--recipe", "layout", type=click.Choice(["esc50"]), default=None,
+              help="A known dataset layout (esc50: meta/esc50.csv, predefined folds).")
 @click.option("--fold", type=int, default=None, help="Held-out fold (default: the last).")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True,
@@ -387,7 +356,7 @@ def teacher_group():
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--stop-after", type=click.IntRange(1), default=None, hidden=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def fit_command(arch, ensemble, data, recipe, fold, epochs, out, device, freeze_blocks,
+def fit_command(arch, ensemble, data, layout, fold, epochs, out, device, freeze_blocks,
                 batch_size, lr, weight_decay, seed, random_init, weights, crop_seconds,
                 train_fraction, skip_unreadable, name, resume, threads, stop_after, quiet):
     """Fine-tune a pretrained network (or an ensemble) on your data into a teacher.
@@ -400,7 +369,7 @@ def fit_command(arch, ensemble, data, recipe, fold, epochs, out, device, freeze_
           --teacher teachers/lite0 --reg con --kd 0.7 --kd-teacher teachers/lite0
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cfg = TeacherFitConfig(arch=arch, data=str(data), recipe=recipe, fold=fold,
+    cfg = TeacherFitConfig(arch=arch, data=str(data), layout=layout, fold=fold,
                            ensemble=ensemble, epochs=epochs, batch_size=batch_size, lr=lr,
                            weight_decay=weight_decay, seed=seed, pretrained=not random_init,
                            weights=weights, freeze_blocks=freeze_blocks,

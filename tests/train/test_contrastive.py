@@ -94,7 +94,9 @@ def test_projection_head_is_unit_norm_64d():
 from edgeaudio.train.checkpoint import load_checkpoint  # noqa: E402
 from edgeaudio.train.data import (DatasetError, load_esc50, select_classes,  # noqa: E402
                                   unlabeled_items)
-from edgeaudio.train.loop import TrainConfig, TrainError, epoch_order, train  # noqa: E402
+from edgeaudio.train.config import TrainConfig, TrainError  # noqa: E402
+from edgeaudio.train.loop import train  # noqa: E402
+from edgeaudio.train.schedule import epoch_order  # noqa: E402
 
 from ..conftest import SHARED, esc50_clip, esc50_rows  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Datasets: folder-per-class, CSV, the ESC-50 recipe; errors name the file; nothing dropped
+"""Datasets: folder-per-class, CSV, the ESC-50 layout; errors name the file; nothing dropped
 silently; splits, crops and teacher-frame slicing."""
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def test_frames_covering_slices_the_teacher_frames_of_a_crop():
     assert frames_covering(10, 5.0, 4.99, 5.0) == (9, 10)
 
 
-def test_esc50_recipe_maps_wav_names_to_flac_files(tmp_path):
+def test_esc50_layout_maps_wav_names_to_flac_files(tmp_path):
     root = tmp_path / "esc"
     (root / "meta").mkdir(parents=True)
     (root / "audio").mkdir()
@@ -198,18 +198,18 @@ def test_esc50_recipe_maps_wav_names_to_flac_files(tmp_path):
         for name, fold, target, cat in rows:
             w.writerow([name, fold, target, cat, "True", "1", "A"])
             sf.write(root / "audio" / name.replace(".wav", ".flac"), tone(), SR)
-    ds = load_dataset(root, recipe="esc50")
+    ds = load_dataset(root, layout="esc50")
     assert ds.labels == ["dog", "rooster"] and ds.folds == [1, 2]
     assert all(item.path.suffix == ".flac" for item in ds.items)
     (root / "audio" / "2-2-A-0.flac").unlink()
     with pytest.raises(DatasetError, match=r"esc50.csv line 5: audio file not found: .*2-2-A-0"):
-        load_dataset(root, recipe="esc50")
-    with pytest.raises(DatasetError, match="unknown recipe"):
-        load_dataset(root, recipe="us8k")
+        load_dataset(root, layout="esc50")
+    with pytest.raises(DatasetError, match="unknown dataset layout"):
+        load_dataset(root, layout="us8k")
 
 
 def test_the_real_esc50(esc50):
-    ds = load_dataset(esc50, recipe="esc50")
+    ds = load_dataset(esc50, layout="esc50")
     assert len(ds) == 2000 and len(ds.labels) == 50 and ds.folds == [1, 2, 3, 4, 5]
     assert ds.labels[0] == "dog" and ds.skipped == []
     train, test = split_indices(ds, 1)

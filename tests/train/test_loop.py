@@ -13,8 +13,11 @@ torch = pytest.importorskip("torch", reason="the train room needs torch")
 
 from edgeaudio.train.cache import EmbeddingCache  # noqa: E402
 from edgeaudio.train.checkpoint import load_checkpoint, load_student  # noqa: E402
-from edgeaudio.train.loop import (  # noqa: E402
-    TrainConfig, TrainError, evaluate_run, lr_factor, spec_augment, train, train_cv)
+from edgeaudio.train.augment import spec_augment  # noqa: E402
+from edgeaudio.train.config import TrainConfig, TrainError  # noqa: E402
+from edgeaudio.train.evaluation import evaluate_run  # noqa: E402
+from edgeaudio.train.loop import train, train_cv  # noqa: E402
+from edgeaudio.train.schedule import lr_factor  # noqa: E402
 
 from .test_cache import FakeTeacher  # noqa: E402
 
@@ -178,7 +181,7 @@ def test_spec_augment_masks_whole_semitones_across_harmonics():
 
 
 def test_training_features_equal_the_students_front_end():
-    from edgeaudio.train.loop import training_features
+    from edgeaudio.train.modules import training_features
     from edgeaudio.train.students import build_student
     student = build_student("tiny", 3)
     wave = torch.randn(2, SR) * 0.1
@@ -207,7 +210,7 @@ def test_evaluate_on_other_data_rejects_labels_the_model_does_not_know(toy_csv, 
 
 def test_planned_mixtures_are_seeded_and_labelled_by_the_teacher_itself(toy_csv, tmp_path,
                                                                         fakes):
-    from edgeaudio.train.loop import mixture_wave, prepare
+    from edgeaudio.train.preparation import mixture_wave, prepare
     cfg = toy_config(toy_csv, kd=1.0, kd_teachers=["efficientat"], kd_mixtures=3)
     cache = EmbeddingCache(tmp_path / "cache")
     prep = prepare(cfg, progress=False, cache=cache, get_teacher=fakes)

@@ -89,7 +89,9 @@ def test_fitted_folder_is_a_teacher(lite0_teacher):
     assert np.allclose(head.probabilities(pooled), teacher.predict_batch(clips), atol=1e-5)
     sharp, soft = head.probabilities(pooled, 0.5), head.probabilities(pooled, 4.0)
     assert np.all(sharp.max(1) >= soft.max(1))
-    assert head.probe_for(17) is head
+    # the distillation-target interface: each item's soft targets, row by row
+    assert np.allclose(head.soft_targets(pooled, list(range(len(pooled))), 2.0),
+                       head.probabilities(pooled, 2.0), atol=1e-6)
     model, info = load_member(lite0_teacher / "member-1.pt")
     assert info["pretrained"] and info["metrics"]["seed"] == 1
 

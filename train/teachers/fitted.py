@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -111,10 +112,11 @@ def _read_member_payload(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL (\S+)", str(exc))  # torch names the first foreign object
         raise TeacherWeightsError(
-            f"{path}: refused: it holds Python objects other than tensors and plain values, "
-            f"which could run code when loaded; a fitted teacher member holds only those "
-            f"(first objection: {str(exc).splitlines()[0][:160]})") from None
+            f"{path}: refused: it holds Python objects other than tensors and plain values"
+            + (f" ({named.group(1)})" if named else "") + ", which could run code when "
+            f"loaded; a fitted teacher member holds only those") from None
     except Exception as exc:  # torch reports a damaged archive in several types
         raise TeacherWeightsError(f"{path}: cannot read (truncated or corrupt?): "
                                   f"{str(exc)[:200]}") from None
