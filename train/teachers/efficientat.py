@@ -256,8 +256,9 @@ class EfficientATClassifier(PartlyFrozen):
 
     EfficientAT's own way to a new task (models/mn/model.py drops only ``classifier.5`` when
     the class count differs): the AudioSet network whole, its MLP head kept (384 -> 512 ->
-    hardswish -> dropout) and only the last layer replaced by a new ``512 -> n_classes`` one. ``pretrained``: True loads ``mn04_as_mAP_432.pt`` from the shared
-    folder, a path loads that file, False starts from random weights.
+    hardswish -> dropout) and only the last layer replaced by a new ``512 -> n_classes`` one.
+    ``pretrained``: True loads ``mn04_as_mAP_432.pt`` from the shared folder, a path loads
+    that file, False starts from random weights.
 
     The member interface of ``edgeaudio.train.teachers.fitted`` (shared with
     ``ImageNetAudioClassifier``): ``embed`` ``[B, T', 384]`` (feature map averaged over

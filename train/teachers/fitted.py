@@ -5,7 +5,8 @@ A *member* is one pretrained network fine-tuned on the target task with a new he
 
 - ``efficientnet_lite0`` / ``densenet121``: ``ImageNetAudioClassifier`` (Palanisamy et al.
   2020: an ImageNet CNN on the three-channel multi-resolution log-mel image,
-  ``edgeaudio.train.teachers.imagenet``), 16 kHz input, 1280 / 1024-d features, one frame per 0.64 s;
+  ``edgeaudio.train.teachers.imagenet``), 16 kHz input, 1280 / 1024-d features, one frame
+  per 0.64 s;
 - ``efficientat_mn04``: ``EfficientATClassifier`` (the AudioSet mn04 with a new last layer,
   ``edgeaudio.train.teachers.efficientat``), 32 kHz input, 384-d features, 0.32 s.
 
@@ -147,12 +148,12 @@ def load_member(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     if not path.is_file():
         raise TeacherWeightsError(f"fitted teacher member not found: {path}")
     payload = _checked_member_payload(path, _read_member_payload(path))
-    model = build_member(payload["arch"], payload["n_classes"], pretrained=False,
-                         frontend=payload.get("frontend"))
     try:
+        model = build_member(payload["arch"], payload["n_classes"], pretrained=False,
+                             frontend=payload.get("frontend"))
         model.load_state_dict(payload["model_state"], strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise TeacherWeightsError(f"{path}: its weights do not fit a {payload['arch']} "
+        raise TeacherWeightsError(f"{path}: its settings or weights do not fit a {payload['arch']} "
                                   f"member: {str(exc)[:200]}") from None
     model.pretrained = bool(payload.get("pretrained"))
     info = {k: v for k, v in payload.items() if k != "model_state"}
