@@ -111,6 +111,11 @@ git -C "$REPO" archive HEAD | tar -x -C "$ROOT/opt/edgeaudio"
 git -C "$REPO" rev-parse HEAD > "$OUT/commit"
 cp "$ROOT/$MARKER" "$OUT/root.json"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# A host behind a TLS-inspecting proxy trusts it through local CAs: the root needs them too, or
+# pip cannot reach PyPI ("self-signed certificate in certificate chain").
+mkdir -p "$ROOT/usr/local/share/ca-certificates"
+find /usr/local/share/ca-certificates -maxdepth 1 -name '*.crt' \
+    -exec cp {} "$ROOT/usr/local/share/ca-certificates/" \;
 
 # Inside the root, as a Pi user would: a new venv, `pip install` of the checkout (the README's
 # `pip install edgeaudio`), pytest; then the commands and the runtime tests. Run from the copy's
@@ -119,10 +124,16 @@ INNER='
 set -euo pipefail
 cd /opt/edgeaudio
 echo "machine $(uname -m), $(python3 --version)"
+update-ca-certificates > /dev/null
 rm -rf /opt/venv
 python3 -m venv /opt/venv
-/opt/venv/bin/pip install --progress-bar off . 2>&1 | tee /opt/out/arm64/pip_install.log | grep -E "^(Successfully|ERROR)" || true
-/opt/venv/bin/pip install --progress-bar off pytest 2>&1 | tail -1
+pip_install() {
+    /opt/venv/bin/pip install --progress-bar off "$@" > /opt/out/arm64/pip_install.log 2>&1 \
+        || { tail -20 /opt/out/arm64/pip_install.log; echo "pip install $* failed"; exit 1; }
+    grep "^Successfully" /opt/out/arm64/pip_install.log
+}
+pip_install .
+pip_install pytest
 /opt/venv/bin/pip freeze > /opt/out/arm64/pip_freeze.txt
 /opt/venv/bin/python bench/arm64_check.py collect /opt/out/arm64 --edgeaudio /opt/venv/bin/edgeaudio
 set +e
@@ -139,6 +150,7 @@ unshare --mount --propagation private bash -euo pipefail -c '
     mount -t tmpfs shm "$1/dev/shm"
     mount --bind /sys "$1/sys" && mount -o remount,bind,ro "$1/sys"
     exec chroot "$1" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+        PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         /bin/bash -c "$2"
 ' unshare-chroot "$ROOT" "$INNER"
