@@ -21,3 +21,45 @@ def save_report(results: dict, path: Path, table: str, repo: Path) -> None:
     atomic_write_json(path, results)
     print(table)
     print(f"\n{path.relative_to(repo)}", file=sys.stderr)
+
+
+SHARED_PREFIX = "../shared/"  # how committed configuration files name the shared folder
+
+
+def _in_shared(value):
+    """A path a configuration file gives relative to the repository root, under the shared
+    folder wherever $EDGEAUDIO_SHARED puts it."""
+    if isinstance(value, list):
+        return [_in_shared(v) for v in value]
+    if isinstance(value, str) and value.startswith(SHARED_PREFIX):
+        from edgeaudio.files import shared_dir
+        return str(shared_dir() / value[len(SHARED_PREFIX):])
+    return value
+
+
+def row_description(path: Path) -> str:
+    from edgeaudio.train.config import read_config_file
+    return read_config_file(path)["description"]
+
+
+def row_config(path: Path, **given):
+    """The configuration ``edgeaudio train --config path`` runs with ``given`` options (data
+    defaults to the shared ESC-50): the bench trains exactly what the command line would."""
+    from edgeaudio.files import shared_dir
+    from edgeaudio.train.cli import training_settings
+    given.setdefault("data", str(shared_dir() / "data" / "esc50"))
+    cfg, _ = training_settings(path, given)
+    for key in ("data", "unlabeled"):
+        if hasattr(cfg, key):
+            setattr(cfg, key, _in_shared(getattr(cfg, key)))
+    return cfg
+
+
+def row_command(path: Path, repo: Path, out: Path, **flags) -> str:
+    """The command line that trains the row: ``edgeaudio train --config ...``."""
+    from edgeaudio.train.cli import flag_for
+    parts = [f"edgeaudio train --config {path.relative_to(repo)}",
+             "--data ../shared/data/esc50"]
+    parts += [f"{flag_for(k)} {v}" for k, v in flags.items()]
+    parts.append(f"--out {out.relative_to(repo)}")
+    return " ".join(parts)

@@ -50,54 +50,35 @@ import tempfile
 import time
 from pathlib import Path
 
+import _runs
 from _runs import esc50_present, save_report
+
+from edgeaudio.files import shared_dir
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
-ESC50 = SHARED / "data" / "esc50"
-OTHER_DOMAINS = [SHARED / "data" / "fsdd", SHARED / "data" / "drums"]
+ESC50 = shared_dir() / "data" / "esc50"
 RUNS = REPO / "runs" / "bench" / "contrastive_esc10"
 RESULTS = REPO / "bench" / "results" / "contrastive_esc10.json"
 CURVES_PLOT = REPO / "docs" / "contrastive" / "esc10_label_fractions.png"
 
-EPOCHS = 60          # ESC-10 rows: 600 steps of 32 labeled clips
+EPOCHS = 60          # ESC-10 rows (as their configuration files say): 600 steps of 32 clips
 CROSS_EPOCHS = 40    # ESC-50 rows: 2000 steps (the schedule of bench/train_esc50.py)
 LAST = 20            # "mean of the last 20 epochs"
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 ESC10_STEPS_PER_EPOCH = 10  # 320 ESC-10 training clips / batch 32
-BASE = {"recipe": "esc50", "student": "small", "seed": 0, "eval_every": 1}
-CONTRASTIVE = {"contrastive": True}
-
-
-def esc10_rows() -> dict:
-    rows = {}
-    for fraction in FRACTIONS:
-        pct = int(round(fraction * 100))
-        common = {"classes": "esc10", "train_fraction": fraction, "epochs": EPOCHS,
-                  "steps_per_epoch": ESC10_STEPS_PER_EPOCH}
-        rows[f"esc10-supervised-frac{pct}"] = (f"ESC-10 {pct} % labels, supervised", common)
-        rows[f"esc10-contrastive-frac{pct}"] = (
-            f"ESC-10 {pct} % labels, + contrastive (ESC-40 unlabeled)",
-            {**common, **CONTRASTIVE, "unlabeled": ["rest"]})
-    return rows
-
-
-# name -> (description, TrainConfig overrides of BASE)
-ROWS = {
-    **esc10_rows(),
-    "esc50-supervised": ("ESC-50, supervised", {"epochs": CROSS_EPOCHS}),
-    "esc50-contrastive-fsdd+drums": (
-        "ESC-50, + contrastive (FSDD speech + drum one-shots unlabeled)",
-        {"epochs": CROSS_EPOCHS, **CONTRASTIVE, "unlabeled": [str(p) for p in OTHER_DOMAINS]}),
-}
+CONFIGS = REPO / "bench" / "configs" / "contrastive_esc10"
+# each row is a configuration file that `edgeaudio train --config` runs; this is the table's order
+ROWS = {row: CONFIGS / f"{row}.toml" for row in (
+    [f"esc10-{arm}-frac{int(round(f * 100))}" for f in FRACTIONS
+     for arm in ("supervised", "contrastive")]
+    + ["esc50-supervised", "esc50-contrastive-fsdd+drums"])}
 GROUPS = {"esc10": [r for r in ROWS if r.startswith("esc10-")],
           "cross-domain": [r for r in ROWS if r.startswith("esc50-")], "all": list(ROWS)}
 
 
 def row_config(row: str, fold: int, **overrides):
-    from edgeaudio.train.loop import TrainConfig
-    return TrainConfig(data=str(ESC50), fold=fold, **{**BASE, **ROWS[row][1], **overrides})
+    return _runs.row_config(ROWS[row], fold=fold, **overrides)
 
 
 def run_dir(row: str, fold: int) -> Path:
@@ -105,22 +86,7 @@ def run_dir(row: str, fold: int) -> Path:
 
 
 def cli_command(row: str, fold: int) -> str:
-    cfg = {**BASE, **ROWS[row][1]}
-    parts = ["edgeaudio train --data ../shared/data/esc50 --recipe esc50", f"--fold {fold}",
-             f"--student {cfg['student']}", f"--epochs {cfg['epochs']}", f"--seed {cfg['seed']}",
-             f"--eval-every {cfg['eval_every']}"]
-    if cfg.get("classes"):
-        parts.append(f"--classes {cfg['classes']}")
-    if cfg.get("train_fraction", 1.0) < 1.0:
-        parts.append(f"--train-fraction {cfg['train_fraction']}")
-    if cfg.get("steps_per_epoch"):
-        parts.append(f"--steps-per-epoch {cfg['steps_per_epoch']}")
-    if cfg.get("contrastive"):
-        parts.append("--contrastive")
-        parts += [f"--unlabeled {os.path.relpath(u, REPO) if Path(u).is_absolute() else u}"
-                  for u in cfg["unlabeled"]]
-    parts.append(f"--out {os.path.relpath(run_dir(row, fold), REPO)}")
-    return " ".join(parts)
+    return _runs.row_command(ROWS[row], REPO, run_dir(row, fold), fold=fold)
 
 
 def run_rows(rows, folds, progress):
@@ -151,7 +117,7 @@ def collect() -> dict:
                "machine": {"platform": platform.platform(),
                            "processor": platform.processor() or platform.machine(),
                            "cpus": os.cpu_count()}}
-    for row, (description, overrides) in ROWS.items():
+    for row, path in ROWS.items():
         folds = {}
         for fold_dir in sorted((RUNS / row).glob("fold*")):
             path = fold_dir / "metrics.json"
@@ -169,8 +135,8 @@ def collect() -> dict:
                                                or {}).get("items"),
                            "command": cli_command(row, fold)}
         if folds:
-            results["rows"].append({"row": row, "description": description,
-                                    "train_fraction": overrides.get("train_fraction", 1.0),
+            results["rows"].append({"row": row, "description": _runs.row_description(path),
+                                    "train_fraction": row_config(row, 1).train_fraction,
                                     "folds": folds})
     return results
 
@@ -293,8 +259,8 @@ def main(argv=None) -> int:
     sub.add_parser("list", help="rows and their equivalent CLI commands")
     args = parser.parse_args(argv)
     if args.command == "list":
-        for row, (desc, _) in ROWS.items():
-            print(f"{row:30s} {desc}\n    {cli_command(row, 1)}")
+        for row, path in ROWS.items():
+            print(f"{row:30s} {_runs.row_description(path)}\n    {cli_command(row, 1)}")
         return 0
     if args.command in ("run", "time") and not esc50_present(ESC50):
         return 2

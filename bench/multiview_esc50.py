@@ -56,40 +56,30 @@ import sys
 import time
 from pathlib import Path
 
+import _runs
 from _runs import esc50_present, save_report
+
+from edgeaudio.files import shared_dir
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
-ESC50 = SHARED / "data" / "esc50"
+ESC50 = shared_dir() / "data" / "esc50"
 RUNS = REPO / "runs" / "bench" / "multiview_esc50"
 RESULTS = REPO / "bench" / "results" / "multiview_esc50.json"
 TIMING = REPO / "bench" / "results" / "multiview_esc50_timing.json"
 WEIGHTS_PLOT = REPO / "docs" / "multiview" / "esc50_fold1_blending_weights.png"
 
-ALL = "mel,gammatone,cqt,raw"
-ROWS = {
-    "mel": ("log-mel alone", {"views": "mel", "blend": "none"}),
-    "gammatone": ("gammatone alone", {"views": "gammatone", "blend": "none"}),
-    "cqt": ("CQT alone", {"views": "cqt", "blend": "none"}),
-    "raw": ("raw waveform alone", {"views": "raw", "blend": "none"}),
-    "concat": ("4 views, concatenation fusion (joint head)", {"views": ALL, "blend": "none"}),
-    "late": ("4 views, late fusion (mean of view heads)", {"views": ALL, "blend": "late"}),
-    "blend": ("4 views, adaptive gradient blending, self-ensemble",
-              {"views": ALL, "blend": "adaptive"}),
-    "blend-floor": ("4 views, adaptive gradient blending, weights floored at 0.1, self-ensemble",
-                    {"views": ALL, "blend": "adaptive", "blend_floor": 0.1}),
-}
+CONFIGS = REPO / "bench" / "configs" / "multiview_esc50"
+# the table's order; each row is a configuration file that `edgeaudio train --config` runs
+ROWS = {row: CONFIGS / f"{row}.toml" for row in
+        ("mel", "gammatone", "cqt", "raw", "concat", "late", "blend", "blend-floor")}
 TIMED_AS = {"blend-floor": "blend"}  # same network and work: its cost is blend's
 FOLD = 1
-EPOCHS = 20
-BASE = {"recipe": "esc50", "fold": FOLD, "epochs": EPOCHS, "seed": 0, "eval_every": 5}
 COST_NOTE = "run `time` first: it writes the measured CPU seconds per epoch"
 
 
 def row_config(row: str, **overrides):
-    from edgeaudio.train.multiview_train import MultiViewConfig
-    return MultiViewConfig(data=str(ESC50), **{**BASE, **ROWS[row][1], **overrides})
+    return _runs.row_config(ROWS[row], fold=FOLD, **overrides)
 
 
 def run_dir(row: str) -> Path:
@@ -97,12 +87,7 @@ def run_dir(row: str) -> Path:
 
 
 def cli_command(row: str) -> str:
-    cfg = ROWS[row][1]
-    return (f"edgeaudio train --data ../shared/data/esc50 --recipe esc50 --fold {FOLD} "
-            f"--student multiview --views {cfg['views']} --blend {cfg['blend']} "
-            + (f"--blend-floor {cfg['blend_floor']} " if "blend_floor" in cfg else "")
-            + f"--epochs {EPOCHS} --seed {BASE['seed']} --eval-every {BASE['eval_every']} "
-            f"--out {run_dir(row).relative_to(REPO)}")
+    return _runs.row_command(ROWS[row], REPO, run_dir(row), fold=FOLD)
 
 
 def run_rows(rows, progress: bool) -> None:
@@ -128,8 +113,8 @@ def full_training_clips() -> int:
     from edgeaudio.train.data import load_dataset, split_indices
     from edgeaudio.train.multiview_train import blend_validation_split
     dataset = load_dataset(ESC50, "esc50")
-    train, _ = split_indices(dataset, FOLD, seed=BASE["seed"])
     cfg = row_config("mel")
+    train, _ = split_indices(dataset, FOLD, seed=cfg.seed)
     return len(blend_validation_split(dataset.targets, train, cfg.val_fraction, cfg.seed)[0])
 
 
@@ -164,7 +149,7 @@ def time_rows(rows, fraction: float) -> dict:
             "params": metrics["params"], "macs_per_second": metrics["macs_per_second"],
             "load_average_before": round(load_before, 2)}
         print(f"[{row}] {per_epoch:.0f} CPU s / epoch (measured {first['cpu_seconds']:.0f} s on "
-              f"{metrics['n_train']} clips), eval {eval_s:.0f} s -> {EPOCHS} epochs "
+              f"{metrics['n_train']} clips), eval {eval_s:.0f} s -> {row_config(row).epochs} epochs "
               f"~{estimated_minutes(timing['rows'][row]):.0f} min", flush=True)
     timing.update({"machine": machine(), "threads": 1})
     TIMING.parent.mkdir(parents=True, exist_ok=True)
@@ -173,10 +158,11 @@ def time_rows(rows, fraction: float) -> dict:
 
 
 def estimated_minutes(measured: dict) -> float:
-    """A row's CPU minutes at this budget: EPOCHS epochs plus a held-out evaluation every
+    """A row's CPU minutes at this budget: its epochs plus a held-out evaluation every
     ``eval_every`` epochs and after the last."""
-    evals = -(-EPOCHS // BASE["eval_every"])
-    return (EPOCHS * measured["cpu_seconds_per_epoch"]
+    cfg = row_config("mel")
+    evals = -(-cfg.epochs // cfg.eval_every)
+    return (cfg.epochs * measured["cpu_seconds_per_epoch"]
             + evals * measured["eval_cpu_seconds_400_clips"]) / 60
 
 
@@ -186,8 +172,9 @@ def machine() -> dict:
 
 
 def collect() -> dict:
-    results = {"rows": [], "fold": FOLD, "epochs": EPOCHS, "machine": machine()}
-    for row, (description, cfg) in ROWS.items():
+    results = {"rows": [], "fold": FOLD, "epochs": row_config("mel").epochs, "machine": machine()}
+    for row, path in ROWS.items():
+        description = _runs.row_description(path)
         path = run_dir(row) / "metrics.json"
         if not path.exists():
             continue
@@ -246,7 +233,8 @@ def main(argv=None) -> int:
     if args.command == "list":
         measured = json.loads(TIMING.read_text())["rows"] if TIMING.exists() else {}
         total = 0.0
-        for row, (description, _) in ROWS.items():
+        for row, path in ROWS.items():
+            description = _runs.row_description(path)
             timed = measured.get(TIMED_AS.get(row, row))
             cost = estimated_minutes(timed) if timed else None
             total += cost or 0.0

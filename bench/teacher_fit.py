@@ -54,10 +54,11 @@ from pathlib import Path
 
 from _runs import esc50_present, save_report
 
+from edgeaudio.files import shared_dir
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
-ESC50 = SHARED / "data" / "esc50"
+ESC50 = shared_dir() / "data" / "esc50"
 RUNS = REPO / "runs" / "bench" / "teacher_fit"
 STUDENT_RUNS = REPO / "runs" / "bench" / "train_esc50"
 RESULTS = REPO / "bench" / "results" / "teacher_fit.json"
@@ -83,7 +84,7 @@ STUDENTS = {
     "student-kd-lite0": ("small student + KD from the fitted Lite0 ensemble's heads",
                          "lite0-x2"),
 }
-STUDENT = {"recipe": "esc50", "student": "small", "epochs": 40, "seed": 0, "kd": 0.7,
+STUDENT = {"layout": "esc50", "student": "small", "epochs": 40, "seed": 0, "kd": 0.7,
            "eval_every": 5}
 REFERENCE_ROWS = {"student": "small student alone (bench/train_esc50.py)",
                   "kd": "small student + KD from the frozen EfficientAT linear probe "
@@ -93,7 +94,7 @@ COST = "run `time` first: it writes the measured CPU seconds per epoch"
 
 def teacher_config(row: str, **overrides):
     from edgeaudio.train.teacher_fit import TeacherFitConfig
-    return TeacherFitConfig(data=str(ESC50), recipe="esc50", fold=FOLD,
+    return TeacherFitConfig(data=str(ESC50), layout="esc50", fold=FOLD,
                             **{**TEACHERS[row][1], **overrides})
 
 
@@ -114,14 +115,14 @@ def student_dir(row: str) -> Path:
 def cli_command(row: str) -> str:
     if row in STUDENTS:
         teacher = teacher_dir(STUDENTS[row][1]).relative_to(REPO)
-        return (f"edgeaudio train --data ../shared/data/esc50 --recipe esc50 --fold {FOLD} "
+        return (f"edgeaudio train --data ../shared/data/esc50 --layout esc50 --fold {FOLD} "
                 f"--student {STUDENT['student']} --epochs {STUDENT['epochs']} --seed 0 "
                 f"--kd {STUDENT['kd']} --kd-teacher {teacher} "
                 f"--out {student_dir(row).relative_to(REPO)}")
     cfg = TEACHERS[row][1]
     parts = [f"edgeaudio teacher fit --arch {cfg['arch']}",
              f"--ensemble {cfg.get('ensemble', 1)}",
-             f"--data ../shared/data/esc50 --recipe esc50 --fold {FOLD}",
+             f"--data ../shared/data/esc50 --layout esc50 --fold {FOLD}",
              f"--epochs {cfg['epochs']}"]
     if cfg.get("pretrained") is False:
         parts.append("--random-init")

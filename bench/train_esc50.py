@@ -9,9 +9,12 @@ probe-then-distill, same student size and budget.
     .venv/bin/python bench/train_esc50.py report
     .venv/bin/python bench/train_esc50.py list        # rows and their equivalent CLI commands
 
-Runs live in ``runs/bench/train_esc50/<row>[-frac<pct>]/fold<k>`` (gitignored). Run at most two
-at once on a 2-core machine (each uses one torch thread). Nothing here is hard-coded: the report
-reads each run's ``metrics.json``.
+Each row is a configuration file that ``edgeaudio train --config`` runs:
+``bench/configs/train_esc50/<row>.toml``, and for ``kd+con`` the bundled default model's recipe
+``recipes/esc50_default_model.toml``. Runs live in
+``runs/bench/train_esc50/<row>[-frac<pct>]/fold<k>`` (gitignored). Run at most two at once on a
+2-core machine (each uses one torch thread). Nothing here is hard-coded: the report reads each
+run's ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -23,35 +26,27 @@ import sys
 import time
 from pathlib import Path
 
+import _runs
 from _runs import esc50_present, save_report
+
+from edgeaudio.files import shared_dir
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
-ESC50 = SHARED / "data" / "esc50"
+ESC50 = shared_dir() / "data" / "esc50"
 RUNS = REPO / "runs" / "bench" / "train_esc50"
 RESULTS = REPO / "bench" / "results" / "train_esc50.json"
-
-YE = ["yamnet", "efficientat"]
-# name -> (description, TrainConfig overrides). Same student, epochs, schedule, augmentation.
-ROWS = {
-    "student": ("student alone", {}),
-    "con-yamnet": ("+ Con-Reg(YAMNet)", {"teachers": ["yamnet"], "reg": "con"}),
-    "con-yamnet+efficientat": ("+ Con-Reg(YAMNet+EfficientAT)", {"teachers": YE, "reg": "con"}),
-    "dis-yamnet+efficientat": ("+ Dis-Reg(YAMNet+EfficientAT)", {"teachers": YE, "reg": "dis"}),
-    "kd": ("+ KD from an EfficientAT linear probe (probe-then-distill)", {"kd": 0.7}),
-    "kd+con": ("+ KD(probe) + Con-Reg(YAMNet+EfficientAT)",
-               {"kd": 0.7, "teachers": YE, "reg": "con"}),
-    "kd-mix": ("+ KD(probe) on teacher-labelled mixtures (4 per clip)",
-               {"kd": 0.7, "kd_mixtures": 4}),
-}
-BASE = {"recipe": "esc50", "student": "small", "epochs": 40, "seed": 0}
+CONFIGS = REPO / "bench" / "configs" / "train_esc50"
+# the table's order; every row is a configuration file (same student, epochs, schedule,
+# augmentation; the rows differ in teachers and losses only)
+ROW_FILES = {row: CONFIGS / f"{row}.toml" for row in (
+    "student", "con-yamnet", "con-yamnet+efficientat", "dis-yamnet+efficientat", "kd")}
+ROW_FILES["kd+con"] = REPO / "recipes" / "esc50_default_model.toml"
+ROW_FILES["kd-mix"] = CONFIGS / "kd-mix.toml"
 
 
 def row_config(row: str, fold: int, fraction: float):
-    from edgeaudio.train.loop import TrainConfig
-    return TrainConfig(data=str(ESC50), fold=fold, train_fraction=fraction, eval_every=5,
-                       **{**BASE, **ROWS[row][1]})
+    return _runs.row_config(ROW_FILES[row], fold=fold, train_fraction=fraction)
 
 
 def run_dir(row: str, fold: int, fraction: float) -> Path:
@@ -60,20 +55,8 @@ def run_dir(row: str, fold: int, fraction: float) -> Path:
 
 
 def cli_command(row: str, fold: int, fraction: float) -> str:
-    cfg = ROWS[row][1]
-    parts = ["edgeaudio train --data ../shared/data/esc50 --recipe esc50", f"--fold {fold}",
-             f"--student {BASE['student']}", f"--epochs {BASE['epochs']}", f"--seed {BASE['seed']}"]
-    parts += [f"--teacher {t}" for t in cfg.get("teachers", [])]
-    if cfg.get("reg"):
-        parts.append(f"--reg {cfg['reg']}")
-    if cfg.get("kd"):
-        parts.append(f"--kd {cfg['kd']}")
-    if cfg.get("kd_mixtures"):
-        parts.append(f"--kd-mixtures {cfg['kd_mixtures']}")
-    if fraction < 1.0:
-        parts.append(f"--train-fraction {fraction}")
-    parts.append(f"--out {run_dir(row, fold, fraction).relative_to(REPO)}")
-    return " ".join(parts)
+    flags = {"fold": fold, **({"train_fraction": fraction} if fraction < 1.0 else {})}
+    return _runs.row_command(ROW_FILES[row], REPO, run_dir(row, fold, fraction), **flags)
 
 
 def run_rows(rows, folds, fraction, progress):
@@ -108,7 +91,7 @@ def collect() -> dict:
         if "-frac" in name:
             row, pct = name.rsplit("-frac", 1)
             fraction = int(pct) / 100
-        if row not in ROWS:
+        if row not in ROW_FILES:
             continue
         folds = {}
         for fold_dir in sorted(folder.glob("fold*")):
@@ -127,7 +110,7 @@ def collect() -> dict:
             continue
         accs = [f["accuracy"] for f in folds.values()]
         results["rows"].append({
-            "row": row, "description": ROWS[row][0], "train_fraction": fraction,
+            "row": row, "description": _runs.row_description(ROW_FILES[row]), "train_fraction": fraction,
             "folds": folds, "accuracy_mean": sum(accs) / len(accs), "n_folds": len(accs)})
     return results
 
@@ -139,7 +122,7 @@ def markdown(results: dict) -> str:
              "MACs / s of audio | CPU training time / fold |",
              "|---|---|---|---|---|---|---|"]
     probe = {}
-    order = list(ROWS)
+    order = list(ROW_FILES)
     for r in sorted(results["rows"], key=lambda r: (-r["train_fraction"], order.index(r["row"]))):
         folds = r["folds"]
         one = next(iter(folds.values()))
@@ -173,7 +156,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train rows (sequentially; resumable)")
-    run.add_argument("rows", nargs="+", choices=list(ROWS))
+    run.add_argument("rows", nargs="+", choices=list(ROW_FILES))
     run.add_argument("--folds", default="1")
     run.add_argument("--fraction", type=float, default=1.0)
     run.add_argument("--quiet", action="store_true")
@@ -181,8 +164,8 @@ def main(argv=None) -> int:
     sub.add_parser("list", help="rows and their equivalent CLI commands")
     args = parser.parse_args(argv)
     if args.command == "list":
-        for row, (desc, _) in ROWS.items():
-            print(f"{row:24s} {desc}\n    {cli_command(row, 1, 1.0)}")
+        for row in ROW_FILES:
+            print(f"{row:24s} {_runs.row_description(ROW_FILES[row])}\n    {cli_command(row, 1, 1.0)}")
         return 0
     if args.command == "run":
         if not esc50_present(ESC50):

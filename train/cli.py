@@ -51,11 +51,13 @@ def _list_teachers(ctx, param, value):
 # (harmonic/log-mel students: TrainConfig; --student multiview: MultiViewConfig)
 SETTINGS_OF_FLAG = {"--teacher": "teachers", "--kd-teacher": "kd_teachers",
                     "--crop": "crop_seconds", "--no-specaugment": "specaugment"}
-# run options a configuration file may hold besides the settings
+# run options a configuration file may hold besides the settings, and what it may say for people
 RUN_KEYS = ("folds", "out", "threads")
+NOTE_KEYS = ("description",)
 
 
-def _flag(key: str) -> str:
+def flag_for(key: str) -> str:
+    """The command-line option of a setting (``kd_teachers`` -> ``--kd-teacher``)."""
     for flag, name in SETTINGS_OF_FLAG.items():
         if name == key:
             return flag
@@ -107,6 +109,8 @@ def training_settings(config_file, given: dict):
     from .multiview_train import MultiViewConfig
 
     from_file = read_config_file(config_file) if config_file else {}
+    for key in NOTE_KEYS:
+        from_file.pop(key, None)
     run_options = {k: from_file.pop(k) for k in RUN_KEYS if k in from_file}
     run_options.update({k: given.pop(k) for k in RUN_KEYS if given.get(k) is not None})
     given = {k: v for k, v in given.items() if v is not None}
@@ -120,7 +124,7 @@ def training_settings(config_file, given: dict):
                           ("the command line", layers[1])):
         stray = [k for k in layer if k not in known]
         if stray:
-            names = ", ".join(_flag(k) if source == "the command line" else k for k in stray)
+            names = ", ".join(flag_for(k) if source == "the command line" else k for k in stray)
             why = ("--student multiview trains without teachers and on one --fold"
                    if cls is MultiViewConfig else f"--student {student} has no such setting")
             raise UsageError(f"{why}: {names} (from {source}) do not apply"
