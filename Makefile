@@ -35,7 +35,7 @@ test: setup $(TFLITE_VENV)/.setup-done
 	@if [ -x $(TFLITE_VENV)/bin/python ]; then \
 	    echo "the backend suite again, under tflite-runtime (numpy < 2):"; \
 	    $(TFLITE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime/test_backends.py \
-	        tests/runtime/test_bundled_model.py; \
+	        tests/runtime/test_bundled_model.py tests/runtime/test_fuzz.py; \
 	fi
 
 $(TFLITE_VENV)/.setup-done: pyproject.toml

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 from pathlib import Path
 
@@ -93,8 +94,12 @@ class OnnxRuntimeBackend(Backend):
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(data, sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
+            # on a failure onnxruntime prints a banner on stdout (where --json output goes) and
+            # retries with the same CPU provider: silence it; the error below says it all
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.session = ort.InferenceSession(data, sess_options=opts,
+                                                    providers=["CPUExecutionProvider"])
+            self.session.disable_fallback()
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelFileError(f"{path}: cannot load as ONNX (truncated, corrupt or foreign "
                                  f"file): {_first_line(exc)}") from exc

@@ -234,7 +234,7 @@ _OPTIONS_WITH_VECTORS = {3: ("ConcatEmbeddingsOptions", {1: 4, 2: 4}),
 _TENSOR_TYPES = 23                   # TensorType FLOAT32 = 0 ... FLOAT8_E5M2 = 22
 _ELEMENT_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8,
                   15: 4, 16: 2, 18: 2, 21: 1, 22: 1}
-MAX_TENSOR_BYTES = 2**30             # one tensor the interpreter would allocate
+MAX_TENSOR_BYTES = 2**28             # one tensor the interpreter would allocate
 
 
 def _check_options(fb: _FlatBuffer, op: tuple, type_index: int, union_index: int,
