@@ -4,7 +4,8 @@ Besides events, the loop watches its input: a capture source (microphone, PCM on
 stays digital silence for ``SILENCE_NOTICE_SECONDS`` gets one notice (no microphone, a muted
 one, or the monitor of an idle sink all look like this), and for a microphone the audio that
 never arrived (device gone, stalled, blocks dropped) is counted as lost: the wall time since
-the first chunk minus the stream time heard.
+the first chunk minus the stream time heard (a device's start-up latency before its first
+chunk is not counted; a reopened one's is).
 """
 from __future__ import annotations
 
