@@ -80,7 +80,8 @@ class Model:
         expected = (1, self.info.n_frames, self.info.frontend.n_bins)
         if tuple(self.backend.input_shape) != expected:
             raise ModelFileError(f"{self.path}: model input {self.backend.input_shape} does not "
-                                 f"match its metadata (expected {expected})")
+                                 f"match its metadata fields n_frames and "
+                                 f"frontend.filterbank (expected {expected})")
         outputs = self.backend.output_size
         if outputs is None:  # the file leaves the class count open: ask the graph itself
             outputs = self.backend.run(np.zeros(expected[1:], np.float32)).size

@@ -199,5 +199,23 @@ def test_fuzzed_model_files_never_crash(tmp_path_factory):
     assert time.monotonic() - t0 < TOTAL_TIMEOUT_S
 
 
+def test_truncated_tflite_through_the_cli_exit_2(tmp_path):
+    """The first 322,221 bytes of the bundled file segfaulted tflite-runtime (issue 22)."""
+    import pytest
+
+    from edgeaudio.backends import BACKENDS_FOR_FORMAT, backend_available
+
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(FILES["tflite"].read_bytes()[:ISSUE_CUT])
+    backends = [b for b in BACKENDS_FOR_FORMAT["tflite"] if backend_available(b)]
+    if not backends:
+        pytest.skip("no TFLite backend installed")
+    for backend in backends:
+        r = subprocess.run([sys.executable, "-m", "edgeaudio", "info", "--backend", backend,
+                            str(cut)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (backend, r.stderr)
+        assert r.stderr.startswith("error: ") and "truncated or corrupt" in r.stderr
+
+
 if __name__ == "__main__":
     worker(sys.argv[1], sys.argv[2], int(sys.argv[3]))
