@@ -12,7 +12,7 @@ pytest.importorskip("torch", reason="the train room needs torch")
 
 from edgeaudio.train.data import (  # noqa: E402
     DatasetError, drop_items, frames_covering, load_dataset, load_waveforms, make_crops,
-    parse_folds, split_indices)
+    parse_folds, require_classes, split_indices)
 
 from ..conftest import ESC50  # noqa: E402
 
@@ -74,6 +74,28 @@ def test_csv_with_folds_and_relative_paths(tmp_path):
     assert [ds.items[i].fold for i in test] == [2, 2]
     assert set(train) | set(test) == set(range(4))
     assert ds.items[0].path == root / "cat" / "cat0.wav"
+
+
+def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
+    make_folder(tmp_path / "data")
+    path = tmp_path / "data" / "labels.csv"
+    # what spreadsheet programs write: UTF-8 with a BOM before the header
+    path.write_bytes("\ufeffpath,label\ncat/cat0.wav,cat\ndog/dog0.wav,dog\n".encode("utf-8"))
+    ds = load_dataset(path)
+    assert ds.labels == ["cat", "dog"] and len(ds.items) == 2
+
+
+def test_training_needs_two_classes(tmp_path):
+    root = make_folder(tmp_path / "one", classes=("dog",))
+    with pytest.raises(DatasetError, match=r"at least two classes \(only 'dog'\)"):
+        require_classes(load_dataset(root))
+    from click.testing import CliRunner
+    from edgeaudio.cli import main
+    result = CliRunner().invoke(main, ["train", "--data", str(root), "--student", "tiny",
+                                       "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2 and "at least two classes" in result.output
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert require_classes(load_dataset(make_folder(tmp_path / "two")))  # two are enough
 
 
 @pytest.mark.parametrize("rows, header, message", [
