@@ -189,21 +189,16 @@ def assert_refused_naming(path, field):
     return message
 
 
-@pytest.mark.parametrize("suffix", SUFFIXES)
-@pytest.mark.parametrize("case", BUNDLED_CASES, ids=case_id)
-def test_broken_field_of_the_bundled_model_is_named(tmp_path, suffix, case):
-    field, value, named = case
-    doc = changed(metadata_of(BUNDLED[suffix]), field, value)
-    assert_refused_naming(write_copy(BUNDLED[suffix], json.dumps(doc), tmp_path / f"m{suffix}"),
-                          named)
+FIELD_CASES = [(BUNDLED, case) for case in BUNDLED_CASES] + [(MEL, case) for case in MEL_CASES]
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
-@pytest.mark.parametrize("case", MEL_CASES, ids=case_id)
-def test_broken_mel_field_is_named(tmp_path, suffix, case):
+@pytest.mark.parametrize("sources, case", FIELD_CASES,
+                         ids=[("mel:" if src is MEL else "") + case_id(c) for src, c in FIELD_CASES])
+def test_broken_field_is_named(tmp_path, suffix, sources, case):
     field, value, named = case
-    doc = changed(metadata_of(MEL[suffix]), field, value)
-    assert_refused_naming(write_copy(MEL[suffix], json.dumps(doc), tmp_path / f"m{suffix}"),
+    doc = changed(metadata_of(sources[suffix]), field, value)
+    assert_refused_naming(write_copy(sources[suffix], json.dumps(doc), tmp_path / f"m{suffix}"),
                           named)
 
 
