@@ -43,14 +43,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: 1 thread, as
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
-
 from edgeaudio import Model  # noqa: E402
 from edgeaudio.audio import load_audio  # noqa: E402
 from edgeaudio.backends import BACKENDS_FOR_FORMAT, native_stderr_silenced, \
     backend_available  # noqa: E402
+from edgeaudio.files import shared_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = shared_dir()
 
 
 STUDENT_FILES = ("model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite")
@@ -145,8 +145,8 @@ def export_mn04(out: Path, n_calibration: int = 100) -> Path:
     import torch
     from torch import nn
 
-    from edgeaudio.export.quantize import Clip, calibration_windows
-    from edgeaudio.export.writers import write_model_files
+    from edgeaudio.export.clips import Clip, calibration_windows
+    from edgeaudio.export.model_files import write_model_files
     from edgeaudio.frontend import FrontendSpec, encode_matrix
     from edgeaudio.modelfile import ModelInfo
     from edgeaudio.train.teachers import efficientat as eat

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Firmware figures for the `tiny` and `small` students: what a microcontroller would hold.
 
-    .venv/bin/python bench/firmware.py [--windows 0.5 1 2 4] [--classes 50]
+    .venv/bin/python -m bench.firmware [--windows 0.5 1 2 4] [--classes 50]
         [--run small=runs/bench/train_esc50/student/fold1] [--check-clips 20]
         [--json bench/results/firmware.json]
 
 For each student and model window length (seconds of audio per inference):
 
-- **flash**: bytes of the int8 graph as ``firmware_demo/gen_firmware.py`` puts it in the C
+- **flash**: bytes of the int8 graph as ``firmware_demo.gen_firmware`` puts it in the C
   array (edgeaudio metadata and tensor names stripped), with where they go (int8 weights, int32
   biases, per-channel quantization parameters, flatbuffer structure);
 - **arena**: the smallest TensorFlow Lite Micro tensor arena that allocates the graph (bisection
@@ -46,15 +46,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from edgeaudio.files import shared_dir  # noqa: E402
+from firmware_demo import bench_frontend, tflm_check  # noqa: E402
+from firmware_demo.gen_firmware import generate  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware_demo"
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(FIRMWARE))
-SHARED = Path(os.environ.get("EDGEAUDIO_SHARED", REPO.parent / "shared"))
-
-import bench_frontend  # noqa: E402
-import tflm_check  # noqa: E402
-from gen_firmware import generate  # noqa: E402
+SHARED = shared_dir()
 
 TARGETS = {"tiny": {"flash_bytes": 100 * 1024, "arena_bytes": 64 * 1024}}
 
@@ -73,7 +71,8 @@ def untrained_int8(name: str, seconds: float, n_classes: int, out: Path, n_calib
     calibration windows drawn from ESC-50 training clips (folds 2-5). (path, params)"""
     import torch
 
-    from edgeaudio.export import quantize
+    from edgeaudio.export.clips import Clip, calibration_windows
+    from edgeaudio.export.quantize import quantize_tflite
     from edgeaudio.modelfile import ModelInfo
     from edgeaudio.train.students import build_student, count_params
 
@@ -95,10 +94,10 @@ def untrained_int8(name: str, seconds: float, n_classes: int, out: Path, n_calib
                      n_frames=spec.n_frames(int(round(seconds * spec.sample_rate))),
                      name=f"{name}-untrained", version="untrained",
                      provenance={"student": name, "note": "untrained: for sizes only"})
-    clips = [quantize.Clip(SHARED / "data" / "esc50" / "audio" / (r["filename"][:-4] + ".flac"))
+    clips = [Clip(SHARED / "data" / "esc50" / "audio" / (r["filename"][:-4] + ".flac"))
              for r in rows if r["fold"] != "1"]
-    calibration = quantize.calibration_windows(clips, info, n=n_calibration, seed=seed)
-    path = quantize.quantize_tflite(student.network, info, calibration,
+    calibration = calibration_windows(clips, info, n=n_calibration, seed=seed)
+    path = quantize_tflite(student.network, info, calibration,
                                     out / f"{name}-{seconds:g}s.int8.tflite")
     return path, count_params(student.network)
 
@@ -177,7 +176,9 @@ def frontend_figures(gen_dir: Path, wave: np.ndarray, repeats: int, rounds: int)
 
 
 def tflm_ms(model_bytes: bytes, arena: int, repeats: int = 5) -> float:
-    runner = tflm_check.TFLM(model_bytes, arena)
+    from edgeaudio.export.tflm import TFLMRunner
+
+    runner = TFLMRunner(model_bytes, arena)
     x = np.random.default_rng(0).integers(-128, 128, runner.input_shape).astype(
         runner.input_dtype)
     runner.run_raw(x)
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
                                **report})
                 print(tflm_check.summary({"model": f"{name} (trained)", **report}), flush=True)
 
-    result = {"command": " ".join(["bench/firmware.py"] + (argv if argv is not None
+    result = {"command": " ".join(["python -m bench.firmware"] + (argv if argv is not None
                                                             else sys.argv[1:])),
               "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(),
                           "platform": platform.platform()},

@@ -15,7 +15,6 @@ given with ``--data`` / ``--test-fold``; ``--calibration-data`` points at any fo
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ import click
 
 from edgeaudio.modelfile import ModelInfo
 
-from .writers import FORMATS, ExportError, file_name, prepare_output_dir
+from .errors import CalibrationError, ExportError, write_file
+from .writers import FORMATS, file_name, prepare_output_dir
 
 log = logging.getLogger("edgeaudio.export")
 
@@ -48,7 +48,7 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
     audio folder) and ``eval_data`` (a labeled data set) replace either side."""
     from edgeaudio.train.data import DatasetError, load_dataset, select_classes, split_indices
 
-    from .quantize import dataset_clips, unlabeled_clips
+    from .clips import dataset_clips, unlabeled_clips
 
     config = config or {}
     plan = DataPlan()
@@ -137,9 +137,10 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     from edgeaudio.train.checkpoint import load_student, resolve_checkpoint
     from edgeaudio.train.students import count_macs_per_second, count_params
 
-    from . import quantize
-    from .report import build_report, eval_set, write_report
-    from .writers import write_model_files
+    from .clips import calibration_windows, labeled_windows
+    from .model_files import write_model_files
+    from .quantize import qat_finetune
+    from .report import EvalSet, build_report, eval_set, write_report
 
     formats = list(dict.fromkeys(formats or FORMATS))
     for fmt in formats:
@@ -159,11 +160,11 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     cal = None
     if int8:
         if not plan.calibration:
-            raise quantize.CalibrationError(
+            raise CalibrationError(
                 "no calibration audio: the checkpoint's settings name no data folder; pass "
                 "--data (the training data) or --calibration-data FOLDER")
         t0 = time.time()
-        cal = quantize.calibration_windows(plan.calibration, info, calibration, seed)
+        cal = calibration_windows(plan.calibration, info, calibration, seed)
         echo(f"calibration: {len(cal)} windows from {plan.calibration_source} "
              f"({time.time() - t0:.0f} s)")
     t0 = time.time()
@@ -176,7 +177,6 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     if data_set is None:
         echo("no held-out clips: the report has sizes and latencies but no accuracy "
              "(pass --data and --test-fold, or --eval-data)")
-        from .report import EvalSet
         data_set = EvalSet([], [], [], "")
     q = {"method": "PTQ", "calibration_windows": None if cal is None else len(cal),
          "calibration_source": plan.calibration_source} if int8 else None
@@ -207,8 +207,8 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     if int8 and qat_epochs and drop is not None and drop > qat_threshold:
         echo(f"PTQ costs {drop:.2f} points (> {qat_threshold}): quantization-aware "
              f"fine-tuning for {qat_epochs} epochs")
-        x, y = quantize.labeled_windows(plan.train, info, per_clip=2, seed=seed)
-        tuned = quantize.qat_finetune(network, info, x, y, epochs=qat_epochs, seed=seed,
+        x, y = labeled_windows(plan.train, info, per_clip=2, seed=seed)
+        tuned = qat_finetune(network, info, x, y, epochs=qat_epochs, seed=seed,
                                       calibration=cal)
         qat_dir = out / ".qat"
         try:
@@ -225,7 +225,7 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
             drop_qat = _int8_drop(rep_qat["files"], rep_qat["torch_float"].get("accuracy"))
             if drop_qat is not None and drop_qat < drop:
                 for n, p in qat_files.items():
-                    os.replace(p, files[n])
+                    write_file(files[n], p.read_bytes())
                 rep, q = rep_qat, q_qat
                 q["qat_drop_points"] = drop_qat
                 echo(f"QAT: int8 now within {drop_qat:.2f} points; kept")

@@ -1,4 +1,4 @@
-"""int8 model files: BatchNorm folding, calibration sets, ONNX QDQ, TFLite PT2E, QAT.
+"""int8 model files: BatchNorm folding, ONNX QDQ, TFLite PT2E, QAT.
 
 What gets quantized is the network only (log features ``[1, n_frames, bins]`` -> logits): the
 spectral front end stays float on the host and int8 starts after log compression.
@@ -6,8 +6,8 @@ spectral front end stays float on the host and int8 starts after log compression
 - ``fold_batchnorm``: every Conv-BN / Linear-BN pair becomes one Conv / Linear; a BatchNorm
   that follows no conv (the input normalisation) becomes a 1x1 depthwise conv with bias, so the
   int8 graph has no float islands. Exact up to float rounding.
-- Calibration sets come from the *training* data: ``calibration_windows`` draws model windows at
-  the positions the runtime itself scores (its hop grid), one clip per window while clips last.
+- Calibration sets (``clips.calibration_windows``) come from the *training* data, at the
+  positions the runtime itself scores.
 - ONNX: ``quantize_onnx`` runs onnxruntime's ``quantize_static`` (QDQ format, per-channel
   symmetric int8 weights, asymmetric int8 activations, MinMax calibration). The file keeps
   float input and output: QuantizeLinear / DequantizeLinear sit at the edges of the graph.
@@ -25,8 +25,6 @@ spectral front end stays float on the host and int8 starts after log compression
 from __future__ import annotations
 
 import copy
-import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,18 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeaudio.errors import AudioError
-from edgeaudio.frontend import Frontend
 from edgeaudio.modelfile import ModelInfo
 
-from .writers import (ConversionError, ExportError, _atomic_write, _quiet, add_tflite_metadata,
-                      conversion_error, example_input, set_onnx_metadata, tflite_io_details,
-                      write_onnx)
-
-log = logging.getLogger("edgeaudio.export")
-
-class CalibrationError(ExportError):
-    """No usable calibration or evaluation audio."""
+from .errors import ConversionError, write_file
+from .tflm import tflite_io_details
+from .writers import (add_tflite_metadata, conversion_error, converters_silenced, example_input,
+                      first_line, set_onnx_metadata, write_onnx)
 
 
 # --- BatchNorm folding -----------------------------------------------------------------------
@@ -99,134 +91,6 @@ def fold_batchnorm(network: nn.Module) -> nn.Module:
 
     visit(net, "")
     return net
-
-
-# --- clips and calibration sets --------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Clip:
-    path: Path
-    label: int | None = None   # index into the model's labels; None: unlabeled
-    fold: int | None = None
-
-
-def list_audio_files(folder) -> list:
-    """Audio files under ``folder`` (recursive), sorted; CalibrationError when there are none."""
-    from edgeaudio.train.data import DatasetError, audio_files_under
-
-    try:
-        return audio_files_under(folder)
-    except DatasetError as exc:
-        raise CalibrationError(str(exc)) from None
-
-
-def unlabeled_clips(folder) -> list:
-    """Every audio file under ``folder`` as an unlabeled clip (enough for calibration)."""
-    return [Clip(path) for path in list_audio_files(folder)]
-
-
-def dataset_clips(dataset, labels: list, indices=None) -> list:
-    """Clips of a ``edgeaudio.train.data.Dataset`` (its items at ``indices``), labeled by the
-    model's ``labels`` (by name)."""
-    index = {name: i for i, name in enumerate(labels)}
-    items = dataset.items if indices is None else [dataset.items[i] for i in indices]
-    return [Clip(Path(item.path), index.get(item.label), item.fold) for item in items]
-
-
-def window_starts(n_samples: int, window: int, hop: int) -> list:
-    """Window starts covering a clip, the last one zero-padded: the runtime's grid
-    (``edgeaudio.Model.window_starts``)."""
-    if n_samples <= window:
-        return [0]
-    n = int(np.ceil((n_samples - window) / hop)) + 1
-    return [i * hop for i in range(n)]
-
-
-def runtime_windows(info: ModelInfo, wave: np.ndarray) -> np.ndarray:
-    """The audio windows ``Model.classify`` scores for a clip: ``[windows, window_samples]``."""
-    win = info.window_samples
-    hop = max(1, int(round(info.hop_seconds * info.sample_rate)))
-    starts = window_starts(len(wave), win, hop)
-    padded = np.zeros(starts[-1] + win, np.float32)
-    padded[:len(wave)] = wave
-    return np.stack([padded[s:s + win] for s in starts])
-
-
-def _load(clip: Clip, info: ModelInfo):
-    """A clip's waveform, or None (with a warning) when it cannot be read. The runtime's
-    per-file clipping warnings are held back: data sets such as ESC-50 clip often."""
-    runtime_log = logging.getLogger("edgeaudio")
-    level = runtime_log.level
-    runtime_log.setLevel(logging.ERROR)
-    try:
-        return load_clip(clip.path, info.sample_rate)
-    except AudioError as exc:
-        log.warning("skipping %s", exc)
-        return None
-    finally:
-        runtime_log.setLevel(level)
-
-
-def load_clip(path, sample_rate: int) -> np.ndarray:
-    from edgeaudio.audio import load_audio
-    return load_audio(path, sample_rate)
-
-
-def calibration_windows(clips: list, info: ModelInfo, n: int = 200, seed: int = 0,
-                        frontend: Frontend | None = None) -> np.ndarray:
-    """``n`` model inputs ``[n, n_frames, bins]`` (float32 log features) from training clips.
-
-    Clips are shuffled; each gives one window (a random position on the runtime's hop grid)
-    until ``n`` are drawn, cycling through the clips again when there are fewer than ``n``.
-    Unreadable clips are skipped with a warning; none readable is a CalibrationError.
-    """
-    if n < 1:
-        raise CalibrationError(f"calibration needs at least 1 window, got {n}")
-    if not clips:
-        raise CalibrationError("no clips to draw calibration windows from")
-    frontend = frontend or Frontend(info.frontend)
-    rng = random.Random(seed)
-    order = list(clips)
-    rng.shuffle(order)
-    out, bad, i = [], set(), 0
-    while len(out) < n and len(bad) < len(order):
-        clip = order[i % len(order)]
-        i += 1
-        if clip.path in bad:
-            continue
-        wave = _load(clip, info)
-        if wave is None:
-            bad.add(clip.path)
-            continue
-        windows = runtime_windows(info, wave)
-        out.append(frontend(windows[rng.randrange(len(windows))]))
-    if not out:
-        raise CalibrationError(f"none of the {len(order)} calibration clips could be read")
-    return np.stack(out).astype(np.float32)
-
-
-def labeled_windows(clips: list, info: ModelInfo, per_clip: int = 2, seed: int = 0,
-                    frontend: Frontend | None = None):
-    """Training windows for QAT: ``per_clip`` random runtime windows of each labeled clip,
-    loudest-biased (ESC clips are often padded with silence). Returns (x, y)."""
-    frontend = frontend or Frontend(info.frontend)
-    rng = np.random.default_rng(seed)
-    xs, ys = [], []
-    for clip in clips:
-        if clip.label is None:
-            continue
-        wave = _load(clip, info)
-        if wave is None:
-            continue
-        windows = runtime_windows(info, wave)
-        rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1)) + 1e-6
-        p = rms / rms.sum()
-        for k in rng.choice(len(windows), size=min(per_clip, len(windows)), replace=False, p=p):
-            xs.append(frontend(windows[k]))
-            ys.append(clip.label)
-    if not xs:
-        raise CalibrationError("no labeled training clips for quantization-aware training")
-    return np.stack(xs).astype(np.float32), np.asarray(ys, np.int64)
 
 
 # --- PT2E quantizer for TFLite ---------------------------------------------------------------
@@ -301,7 +165,7 @@ def pt2e_calibrated(network: nn.Module, info: ModelInfo, calibration: np.ndarray
 
     folded = fold_batchnorm(network)
     quantizer = _edge_quantizer()
-    with _quiet():
+    with converters_silenced():
         prepared = prepare_pt2e(_export_for_quantization(folded, info), quantizer)
         with torch.no_grad():
             for x in _batches(calibration, 1):
@@ -314,7 +178,7 @@ def _convert_tflite(module: nn.Module, quantizer, info: ModelInfo, original: nn.
     from litert_torch.quantize.quant_config import QuantConfig
 
     try:
-        with _quiet():
+        with converters_silenced():
             edge = litert_torch.convert(module, (example_input(info),),
                                         quant_config=QuantConfig(pt2e_quantizer=quantizer))
             return bytes(edge.model_content())
@@ -332,15 +196,17 @@ def quantization_extra(tflite_bytes: bytes) -> dict:
 
 
 def quantize_tflite(network: nn.Module, info: ModelInfo, calibration: np.ndarray, path,
-                    _prepared=None) -> Path:
-    """Write an int8 .tflite (int8 input and output) of ``network`` with metadata."""
+                    prepared=None) -> Path:
+    """Write an int8 .tflite (int8 input and output) of ``network`` with metadata.
+    ``prepared``: (quantizer, PT2E-converted module), e.g. from ``qat_finetune``, instead of
+    calibrating here."""
     path = Path(path)
-    quantizer, module = _prepared or pt2e_calibrated(network, info, calibration)
+    quantizer, module = prepared or pt2e_calibrated(network, info, calibration)
     data = _convert_tflite(module, quantizer, info, network)
     extra = dict(info.extra)
     extra["quantization"] = {**quantization_extra(data), "calibration_windows":
                              None if calibration is None else int(len(calibration))}
-    _atomic_write(path, add_tflite_metadata(data, _with_extra(info, extra)))
+    write_file(path, add_tflite_metadata(data, _with_extra(info, extra)))
     return path
 
 
@@ -379,7 +245,7 @@ def quantize_onnx(network: nn.Module, info: ModelInfo, calibration: np.ndarray, 
                                                              tmp / "float.onnx")
         pre = tmp / "pre.onnx"
         try:
-            with _quiet():
+            with converters_silenced():
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
                 import onnx
                 input_name = onnx.load(str(pre)).graph.input[0].name
@@ -389,19 +255,14 @@ def quantize_onnx(network: nn.Module, info: ModelInfo, calibration: np.ndarray, 
                                 calibrate_method=CalibrationMethod.MinMax)
         except Exception as exc:
             raise ConversionError(f"onnxruntime quantize_static failed: "
-                                  f"{_first_line(exc)}") from exc
+                                  f"{first_line(exc)}") from exc
         extra = dict(info.extra)
         extra["quantization"] = {"scheme": "int8 QDQ (onnxruntime quantize_static), "
                                            "per-channel weights, float input and output",
                                  "calibration_windows": int(len(calibration))}
         set_onnx_metadata(tmp / "int8.onnx", _with_extra(info, extra))
-        _atomic_write(path, (tmp / "int8.onnx").read_bytes())
+        write_file(path, (tmp / "int8.onnx").read_bytes())
     return path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 # --- quantization-aware fine-tuning ----------------------------------------------------------
@@ -430,7 +291,7 @@ def qat_finetune(network: nn.Module, info: ModelInfo, x: np.ndarray, y: np.ndarr
     except Exception as exc:
         raise conversion_error(network, example_input(info), exc, "torch.export") from exc
     quantizer = _edge_quantizer(qat=True)
-    with _quiet():
+    with converters_silenced():
         model = prepare_qat_pt2e(exported, quantizer)
     if calibration is not None:  # start the observers from calibration ranges
         with torch.no_grad():
@@ -457,6 +318,6 @@ def qat_finetune(network: nn.Module, info: ModelInfo, x: np.ndarray, y: np.ndarr
     tuned = copy.deepcopy(folded)
     state = model.state_dict()
     tuned.load_state_dict({k: state[k] for k in tuned.state_dict()})
-    with _quiet():
+    with converters_silenced():
         converted = convert_pt2e(model, fold_quantize=False)
     return QATResult(tuned.eval(), quantizer, converted, losses)

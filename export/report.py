@@ -31,8 +31,8 @@ from edgeaudio.frontend import Frontend
 from edgeaudio.model import Model, activate
 from edgeaudio.modelfile import ModelInfo
 
-from .quantize import _load, runtime_windows
-from .writers import _atomic_write
+from .clips import read_clip, runtime_windows
+from .errors import write_file
 
 JSON_NAME = "export_report.json"
 MARKDOWN_NAME = "export_report.md"
@@ -61,7 +61,7 @@ def eval_set(clips: list, info: ModelInfo, source: str = "") -> EvalSet:
     frontend = Frontend(info.frontend)
     feats, labels, names = [], [], []
     for clip in clips:
-        wave = _load(clip, info)
+        wave = read_clip(clip, info)
         if wave is None:
             continue
         feats.append(np.stack([frontend(w) for w in runtime_windows(info, wave)]))
@@ -72,6 +72,34 @@ def eval_set(clips: list, info: ModelInfo, source: str = "") -> EvalSet:
 
 def pool(window_scores: np.ndarray, how: str) -> np.ndarray:
     return window_scores.max(axis=0) if how == "max" else window_scores.mean(axis=0)
+
+
+def score_bounds(raw: np.ndarray, activation: str, bound: float) -> tuple:
+    """(lowest, highest) score of each class when every raw output (logit) may be off by up
+    to ``bound``: a class is lowest with its own logit ``bound`` lower and every other one
+    ``bound`` higher, and the reverse. Shaped like ``raw`` (``[..., classes]``)."""
+    raw = np.asarray(raw, np.float64)
+    if activation == "softmax":
+        p = activate(raw, activation)
+        # softmax with one logit moved by -2 * bound against all others, in closed form
+        low = p / (p + np.exp(2 * bound) * (1 - p))
+        high = p / (p + np.exp(-2 * bound) * (1 - p))
+        return low, high
+    return activate(raw - bound, activation), activate(raw + bound, activation)
+
+
+def decided_top1(window_raw: np.ndarray, activation: str, pooling: str,
+                 bound: float) -> int | None:
+    """A clip's top-1 label (index) from its windows' raw outputs ``[windows, classes]`` when
+    no error of up to ``bound`` on every raw output of every window can change it, else None
+    (a near-tie that rounding may decide either way). Pooling is monotone, so pooling the
+    per-window bounds bounds the clip's scores."""
+    window_raw = np.atleast_2d(window_raw)
+    top = int(np.argmax(pool(activate(window_raw.astype(np.float64), activation), pooling)))
+    low, high = score_bounds(window_raw, activation, bound)
+    low, high = pool(low, pooling), pool(high, pooling)
+    rivals = np.delete(high, top)
+    return top if rivals.size == 0 or low[top] > rivals.max() else None
 
 
 def torch_window_scores(network, info: ModelInfo, data: EvalSet) -> list:
@@ -370,6 +398,6 @@ def markdown(report: dict) -> str:
 def write_report(report: dict, out_dir) -> tuple:
     out = Path(out_dir)
     json_path, md_path = out / JSON_NAME, out / MARKDOWN_NAME
-    _atomic_write(json_path, (json.dumps(report, indent=2) + "\n").encode())
-    _atomic_write(md_path, markdown(report).encode())
+    write_file(json_path, (json.dumps(report, indent=2) + "\n").encode())
+    write_file(md_path, markdown(report).encode())
     return json_path, md_path

@@ -1,25 +1,32 @@
 """Run an int8 .tflite under TensorFlow Lite Micro (the ``tflite-micro`` PyPI package), the
-interpreter a microcontroller runs, and find the smallest tensor arena it needs.
+interpreter a microcontroller runs, beside LiteRT's reference kernels; find the smallest tensor
+arena it needs. Torch-free: the firmware scripts (``firmware_demo/``) import it.
 
     runner = TFLMRunner("model.int8.tflite")          # arena: smallest_arena() by default
     scores = runner.run(features)                      # log features [n_frames, bins] -> float
     smallest_arena(open("model.int8.tflite", "rb").read())
+    LiteRTReference(data).run_raw(runner.quantize_input(features))   # TFLM's kernels, in LiteRT
 
 The edgeaudio metadata buffer is dropped before the file goes to TFLM (``strip_metadata``): a
 board never needs it, and it is most of the bytes of a file with a stored filterbank matrix.
+The int8 edges (quantizing the input, dequantizing the output) are ``edgeaudio.quant``'s, the
+runtime's own.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from edgeaudio.backends import native_stderr_silenced
 from edgeaudio.modelfile import METADATA_KEY
+from edgeaudio.quant import dequantize, is_quantized, quantize
 
-from .writers import ExportError
+from .errors import ExportError
 
-ARENA_ALIGN = 16
+ARENA_STEP = 256          # the arena search's resolution (bytes)
+ARENA_FIRST_GUESS = 64 * 1024
 
 
 class TFLMError(ExportError):
@@ -35,6 +42,10 @@ def tensor_quantization(details: dict):
     return float(scales[0]), int(zeros[0])
 
 
+def tflm_available() -> bool:
+    return importlib.util.find_spec("tflite_micro") is not None
+
+
 def _runtime():
     try:
         from tflite_micro.python.tflite_micro import runtime
@@ -44,8 +55,29 @@ def _runtime():
     return runtime
 
 
-def strip_metadata(tflite_bytes: bytes) -> bytes:
-    """The flatbuffer without the edgeaudio metadata entry and its buffer (graph only)."""
+def shrink_zero_points(model) -> int:
+    """Per-channel zero-point vectors that are all 0 become a single 0 (TFLM reads element 0
+    for every channel when the vector is shorter than the scales); returns how many values went."""
+    dropped = 0
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            q = tensor.quantization
+            if q is None or q.zeroPoint is None or q.scale is None:
+                continue
+            zp = np.asarray(q.zeroPoint)
+            if len(zp) > 1 and len(zp) == len(q.scale) and not zp.any():
+                q.zeroPoint = zp[:1].copy()
+                dropped += len(zp) - 1
+    return dropped
+
+
+def strip_metadata(tflite_bytes: bytes, *, names: bool = False,
+                   zero_points: bool = False) -> bytes:
+    """The flatbuffer without the edgeaudio metadata entry and its buffer (graph only).
+
+    ``names``: also without the strings TFLM never reads (tensor names, signature definitions,
+    the description); ``zero_points``: all-zero per-channel zero points shrunk to one value
+    (``shrink_zero_points``; TFLM only, LiteRT refuses that form). Outputs do not change."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
@@ -53,13 +85,33 @@ def strip_metadata(tflite_bytes: bytes) -> bytes:
     for meta in model.metadata or []:
         name = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
         (drop.add(meta.buffer) if name == METADATA_KEY else keep.append(meta))
-    if not drop:
+    shrunk = shrink_zero_points(model) if zero_points else 0
+    if not drop and not names and not shrunk:
         return bytes(tflite_bytes)
     # buffers are referenced by index: empty the dropped ones rather than renumber
     for index in drop:
         model.buffers[index].data = None
     model.metadata = keep
+    if names:
+        flatbuffer_utils.strip_strings(model)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tflite_io_details(tflite_bytes: bytes) -> tuple:
+    """({dtype, scale, zero_point, shape} of the input, the same of the output), as LiteRT
+    reads the file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_stderr_silenced():
+        interpreter = Interpreter(model_content=bytes(tflite_bytes))
+
+    def describe(d):
+        scale, zero = d["quantization"]
+        return {"dtype": np.dtype(d["dtype"]).name, "scale": float(scale),
+                "zero_point": int(zero), "shape": [int(s) for s in d["shape"]]}
+
+    return (describe(interpreter.get_input_details()[0]),
+            describe(interpreter.get_output_details()[0]))
 
 
 def _interpreter(data: bytes, arena_size: int):
@@ -77,11 +129,13 @@ def fits(data: bytes, arena_size: int) -> bool:
         return False
 
 
-def smallest_arena(tflite_bytes: bytes, high: int | None = None, step: int = 256) -> int:
+def smallest_arena(tflite_bytes: bytes, high: int | None = None, step: int = ARENA_STEP) -> int:
     """The smallest tensor arena (bytes, a multiple of ``step``) in which TFLM allocates the
-    model, by bisection between 0 and ``high`` (default: grows from 64 KiB until it fits)."""
+    model, by bisection between 0 and ``high`` (default: grows from 64 KiB until it fits). The
+    figure for this host: on 64 bits TFLM's own structs take a little more room than on a
+    32-bit microcontroller."""
     data = strip_metadata(tflite_bytes)
-    high = int(high or 64 * 1024)
+    high = int(high or ARENA_FIRST_GUESS)
     while not fits(data, high):
         if high > 512 * 1024 * 1024:
             raise TFLMError("TFLM cannot allocate this model in 512 MiB; does it use ops "
@@ -114,22 +168,21 @@ class TFLMRunner:
         self.inp = self.interpreter.get_input_details(0)
         self.out = self.interpreter.get_output_details(0)
         self.input_shape = tuple(int(d) for d in self.inp["shape"])
+        self.input_dtype = np.dtype(self.inp["dtype"])
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
         """Set the input tensor as given (already in the input dtype), invoke, raw output."""
-        self.interpreter.set_input(np.asarray(x).reshape(self.input_shape), 0)
+        self.interpreter.set_input(np.asarray(x, self.input_dtype).reshape(self.input_shape), 0)
         self.interpreter.invoke()
         return np.asarray(self.interpreter.get_output(0))
 
     def quantize_input(self, features: np.ndarray) -> np.ndarray:
         """Log features ``[n_frames, bins]`` -> the input tensor (int8 where the model is)."""
-        x = np.asarray(features, np.float32)[None]
-        dtype = np.dtype(self.inp["dtype"])
+        x = np.asarray(features, np.float32)
         q = tensor_quantization(self.inp)
-        if dtype in (np.int8, np.uint8) and q:
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max)
-        return x.astype(dtype).reshape(self.input_shape)
+        if is_quantized(self.input_dtype) and q:
+            x = quantize(x, q[0], q[1], self.input_dtype)
+        return x.astype(self.input_dtype).reshape(self.input_shape)
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """Log features ``[n_frames, bins]`` -> raw float outputs ``[classes]``."""
@@ -141,8 +194,8 @@ def dequantized(raw: np.ndarray, detail: dict) -> np.ndarray:
     point)."""
     q = tensor_quantization(detail)
     y = raw
-    if np.dtype(detail["dtype"]) in (np.int8, np.uint8) and q:
-        y = (raw.astype(np.float32) - q[1]) * q[0]
+    if is_quantized(detail["dtype"]) and q:
+        y = dequantize(raw, q[0], q[1])
     return np.asarray(y, np.float32).reshape(-1)
 
 
@@ -163,7 +216,8 @@ class LiteRTReference:
         self.out = self.interpreter.get_output_details()[0]
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.inp["index"], np.asarray(x).reshape(self.inp["shape"]))
+        self.interpreter.set_tensor(self.inp["index"],
+                                    np.asarray(x, self.inp["dtype"]).reshape(self.inp["shape"]))
         self.interpreter.invoke()
         return np.asarray(self.interpreter.get_tensor(self.out["index"]))
 

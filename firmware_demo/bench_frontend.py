@@ -1,6 +1,6 @@
 """Cost of the C99 front end per second of audio, on this machine.
 
-    python firmware_demo/bench_frontend.py [--clips 12] [--repeats 20] [--cflags "-O2"]
+    python -m firmware_demo.bench_frontend [--clips 12] [--repeats 20] [--cflags "-O2"]
 
 Builds the host harness (float FFT as on the device, and -DEA_FFT_DOUBLE) into a temporary
 folder, runs it over real ESC-50 clips (or 60 s of noise when shared/ is absent) and prints the
@@ -15,21 +15,17 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edgeaudio.files import shared_dir
+
+from .gen_frontend_header import load_spec, write_frontend_header
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from gen_frontend_header import load_spec, write_frontend_header  # noqa: E402
-
 DEFAULT_CFLAGS = "-std=c99 -Wall -Wextra -Werror -pedantic -O2"
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("EDGEAUDIO_SHARED", HERE.parent.parent / "shared"))
 
 
 def compile_host(build_dir: Path, cflags: str = DEFAULT_CFLAGS, fft_double: bool = False,

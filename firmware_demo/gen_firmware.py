@@ -1,6 +1,6 @@
 """Turn an edgeaudio ``.tflite`` into the sources a microcontroller build needs.
 
-    python firmware_demo/gen_firmware.py models/model.int8.tflite --out firmware_demo/build/gen
+    python -m firmware_demo.gen_firmware models/model.int8.tflite --out firmware_demo/build/gen
 
 writes three files into ``--out``:
 
@@ -27,7 +27,8 @@ fifth of a student's graph (``--keep-zero-points`` keeps them; full TFLite / Lit
 shrunk form, so the array is for TFLM only). None of this changes a single output: TFLM runs the
 array bit for bit as the original file.
 
-Needs the runtime (``edgeaudio``) and ``ai-edge-litert``; no torch.
+Needs the installed runtime (``edgeaudio``, whose torch-free ``edgeaudio.export.tflm`` strips
+the graph and searches the arena) and ``ai-edge-litert``; no torch.
 """
 from __future__ import annotations
 
@@ -35,62 +36,23 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
+from edgeaudio.export.tflm import (smallest_arena, strip_metadata, tflite_io_details,
+                                   tflm_available)
+from edgeaudio.files import atomic_write_text
+from edgeaudio.modelfile import info_from_tflite, read_model_bytes
 
-try:
-    from edgeaudio.modelfile import METADATA_KEY, info_from_tflite, read_model_bytes
-except ImportError:  # a checkout without an install: the runtime sits beside us
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from edgeaudio.modelfile import METADATA_KEY, info_from_tflite, read_model_bytes
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_frontend_header import write_frontend_header  # noqa: E402
+from .gen_frontend_header import write_frontend_header
 
 BYTES_PER_LINE = 16
-ARENA_STEP = 256          # the arena search's resolution (bytes)
-ARENA_HIGH = 64 * 1024    # first guess; doubled until the model fits
-
-
-def shrink_zero_points(model) -> int:
-    """Per-channel zero-point vectors that are all 0 become a single 0 (TFLM reads element 0
-    for every channel when the vector is shorter than the scales); returns how many values went."""
-    dropped = 0
-    for graph in model.subgraphs:
-        for tensor in graph.tensors:
-            q = tensor.quantization
-            if q is None or q.zeroPoint is None or q.scale is None:
-                continue
-            zp = np.asarray(q.zeroPoint)
-            if len(zp) > 1 and len(zp) == len(q.scale) and not zp.any():
-                q.zeroPoint = zp[:1].copy()
-                dropped += len(zp) - 1
-    return dropped
 
 
 def firmware_model_bytes(tflite_bytes: bytes, keep_names: bool = False,
                          keep_zero_points: bool = False) -> bytes:
-    """The flatbuffer a board needs: without the ``edgeaudio`` metadata entry and its buffer
-    (emptied, not removed: buffers are referenced by index); unless ``keep_names`` without
-    tensor names, signature definitions and the description (``strip_strings``); unless
-    ``keep_zero_points`` with all-zero per-channel zero points shrunk to one value (for TFLM
-    only: LiteRT refuses that form). With both kept, the same bytes as
-    ``edgeaudio.export.tflm.strip_metadata``, without torch."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
-    keep, drop = [], set()
-    for meta in model.metadata or []:
-        name = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
-        (drop.add(meta.buffer) if name == METADATA_KEY else keep.append(meta))
-    shrunk = 0 if keep_zero_points else shrink_zero_points(model)
-    if not drop and keep_names and not shrunk:
-        return bytes(tflite_bytes)
-    for index in drop:
-        model.buffers[index].data = None
-    model.metadata = keep
-    if not keep_names:
-        flatbuffer_utils.strip_strings(model)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    """The flatbuffer a board needs (``edgeaudio.export.tflm.strip_metadata``): without the
+    ``edgeaudio`` metadata entry and its buffer; unless ``keep_names`` without tensor names,
+    signature definitions and the description; unless ``keep_zero_points`` with all-zero
+    per-channel zero points shrunk to one value (for TFLM only: LiteRT refuses that form)."""
+    return strip_metadata(tflite_bytes, names=not keep_names, zero_points=not keep_zero_points)
 
 
 def model_ops(model_bytes: bytes) -> list:
@@ -118,60 +80,6 @@ def resolver_method(op_name: str) -> str:
     return "Add" + _RESOLVER_EXCEPTIONS.get(op_name, "".join(
         part if part[:1].isdigit() else part[:1] + part[1:].lower()
         for part in op_name.split("_")))
-
-
-def _tflm_runtime():
-    try:
-        from tflite_micro.python.tflite_micro import runtime
-    except ImportError:
-        return None
-    return runtime
-
-
-def tflm_fits(model_bytes: bytes, arena_size: int) -> bool:
-    """Whether TFLM (the ``tflite-micro`` package) allocates every tensor in ``arena_size``."""
-    from edgeaudio.backends import native_stderr_silenced
-
-    runtime = _tflm_runtime()
-    if runtime is None:
-        raise RuntimeError("TensorFlow Lite Micro is not installed (pip install tflite-micro)")
-    try:
-        with native_stderr_silenced():
-            runtime.Interpreter.from_bytes(model_bytes, arena_size=int(arena_size))
-        return True
-    except RuntimeError:
-        return False
-
-
-def smallest_arena(model_bytes: bytes, step: int = ARENA_STEP) -> int:
-    """The smallest tensor arena (a multiple of ``step`` bytes) TFLM allocates ``model_bytes``
-    in, by bisection; the figure for this host (64-bit: TFLM's own structs take a little more
-    room than on a 32-bit microcontroller)."""
-    high = ARENA_HIGH
-    while not tflm_fits(model_bytes, high):
-        if high > 512 * 1024 * 1024:
-            raise RuntimeError("TFLM cannot allocate this model in 512 MiB; does it use ops "
-                               "TFLM lacks?")
-        high *= 2
-    low = 0  # known not to fit (or nothing)
-    while high - low > step:
-        mid = (low + high) // 2 // step * step
-        if mid <= low:
-            break
-        if tflm_fits(model_bytes, mid):
-            high = mid
-        else:
-            low = mid
-    return high
-
-
-def tflite_input_quantization(model_bytes: bytes):
-    """(dtype name, scale, zero point) of the model's first input tensor."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    detail = Interpreter(model_content=model_bytes).get_input_details()[0]
-    scale, zero_point = detail["quantization"]
-    return np.dtype(detail["dtype"]).name, float(scale), int(zero_point)
 
 
 def _c_string(text: str) -> str:
@@ -245,16 +153,17 @@ def generate(model_path, out_dir, keep_names: bool = False, arena: bool | None =
     info = info_from_tflite(path, data)  # labels and front end: from the metadata, before
     graph = firmware_model_bytes(data, keep_names=keep_names,  # it is stripped
                                  keep_zero_points=keep_zero_points)
-    input_dtype, scale, zero_point = tflite_input_quantization(data)  # LiteRT reads the file
+    inp = tflite_io_details(data)[0]  # LiteRT reads the file
+    input_dtype, scale, zero_point = inp["dtype"], inp["scale"], inp["zero_point"]
     ops = model_ops(graph)
     if arena is None:
-        arena = _tflm_runtime() is not None
+        arena = tflm_available()
     arena_bytes = smallest_arena(graph) if arena else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header, source = model_sources(graph, info, input_dtype, ops, arena_bytes)
-    (out / "ea_model_data.h").write_text(header)
-    (out / "ea_model_data.c").write_text(source)
+    atomic_write_text(out / "ea_model_data.h", header)
+    atomic_write_text(out / "ea_model_data.c", source)
     int8 = input_dtype == "int8"
     write_frontend_header(info.frontend, out / "ea_frontend_config.h",
                           input_scale=scale if int8 else None,

@@ -4,7 +4,7 @@ The numbers come from ``edgeaudio.frontend`` (the single definition of the featu
 front end never re-derives the mel scale or the window: it reads the very float32 values the
 numpy front end uses.
 
-    python firmware_demo/gen_frontend_header.py --out build/ea_frontend_config.h \
+    python -m firmware_demo.gen_frontend_header --out build/ea_frontend_config.h \
         [--spec spec.json] [--input-scale 0.0784 --input-zero-point 51]
 
 From Python: ``write_frontend_header(spec, path, input_scale=None, input_zero_point=None)``.
@@ -14,18 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
-try:
-    from edgeaudio.frontend import FrontendSpec, hann_window
-    from edgeaudio.errors import EdgeAudioError
-except ImportError:  # run from a checkout without an install: the runtime sits beside us
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from edgeaudio.frontend import FrontendSpec, hann_window
-    from edgeaudio.errors import EdgeAudioError
+from edgeaudio.errors import EdgeAudioError
+from edgeaudio.files import atomic_write_text
+from edgeaudio.frontend import FrontendSpec, hann_window
 
 HEADER_NAME = "ea_frontend_config.h"
 
@@ -207,11 +202,7 @@ def write_frontend_header(spec, path, input_scale=None, input_zero_point=None) -
     text = frontend_header_text(spec, input_scale, input_zero_point)
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return path  # unchanged: keep the mtime so make does not rebuild
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # a build never sees half a header
-    return path
+    return atomic_write_text(path, text)  # a build never sees half a header
 
 
 def main(argv=None) -> int:

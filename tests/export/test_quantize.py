@@ -20,11 +20,12 @@ from torch import nn  # noqa: E402
 
 from edgeaudio import Model  # noqa: E402
 from edgeaudio.cli import main  # noqa: E402
-from edgeaudio.export import quantize  # noqa: E402
-from edgeaudio.export.quantize import CalibrationError, fold_batchnorm  # noqa: E402
-from edgeaudio.export.writers import (ConversionError, ExportError,  # noqa: E402
-                                      prepare_output_dir, write_model_files, write_onnx,
-                                      write_tflite)
+from edgeaudio.export.clips import (Clip, calibration_windows, labeled_windows,  # noqa: E402
+                                    runtime_windows, unlabeled_clips)
+from edgeaudio.export.errors import CalibrationError, ConversionError, ExportError  # noqa: E402
+from edgeaudio.export.model_files import write_model_files  # noqa: E402
+from edgeaudio.export.quantize import fold_batchnorm, qat_finetune  # noqa: E402
+from edgeaudio.export.writers import prepare_output_dir, write_onnx, write_tflite  # noqa: E402
 from edgeaudio.modelfile import ModelInfo  # noqa: E402
 from edgeaudio.train.checkpoint import save_checkpoint  # noqa: E402
 from edgeaudio.train.logmel_cnn import LogMelCNN  # noqa: E402
@@ -89,9 +90,9 @@ def test_calibration_folder_without_audio_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("no audio here")
     (tmp_path / "sub").mkdir()
     with pytest.raises(CalibrationError, match="no audio files"):
-        quantize.unlabeled_clips(tmp_path)
+        unlabeled_clips(tmp_path)
     with pytest.raises(CalibrationError, match="not found"):
-        quantize.unlabeled_clips(tmp_path / "missing")
+        unlabeled_clips(tmp_path / "missing")
 
 
 def test_calibration_windows_come_from_the_clips_and_skip_unreadable_ones(tmp_path, esc50):
@@ -100,15 +101,15 @@ def test_calibration_windows_come_from_the_clips_and_skip_unreadable_ones(tmp_pa
         shutil.copy(esc50_clip(r["filename"]), tmp_path / (r["filename"][:-4] + ".flac"))
     (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     info = placeholder_info()
-    clips = quantize.unlabeled_clips(tmp_path)
+    clips = unlabeled_clips(tmp_path)
     assert len(clips) == 4 and all(c.label is None for c in clips)
-    x = quantize.calibration_windows(clips, info, n=7, seed=3)
+    x = calibration_windows(clips, info, n=7, seed=3)
     assert x.shape == (7, info.n_frames, info.frontend.n_bins) and x.dtype == np.float32
     assert np.isfinite(x).all() and x.min() >= np.log(info.frontend.log_offset) - 1e-3
     # the same windows for the same seed
-    np.testing.assert_array_equal(x, quantize.calibration_windows(clips, info, n=7, seed=3))
+    np.testing.assert_array_equal(x, calibration_windows(clips, info, n=7, seed=3))
     with pytest.raises(CalibrationError, match="could be read"):
-        quantize.calibration_windows([c for c in clips if c.path.name == "broken.wav"], info)
+        calibration_windows([c for c in clips if c.path.name == "broken.wav"], info)
 
 
 def test_runtime_windows_are_the_windows_model_classify_scores():
@@ -116,7 +117,7 @@ def test_runtime_windows_are_the_windows_model_classify_scores():
     from edgeaudio.audio import load_audio
 
     wave = load_audio(REPO / "examples" / "dog.flac", model.sample_rate)
-    windows = quantize.runtime_windows(model.info, wave)
+    windows = runtime_windows(model.info, wave)
     scores = np.mean([model.scores_for_window(w) for w in windows], axis=0)
     result = model.classify(REPO / "examples" / "dog.flac")
     assert result.frames == len(windows)
@@ -215,7 +216,7 @@ def test_cli_output_path_not_writable_and_missing_checkpoint(untrained_run, tmp_
 def real_windows(info, esc50, n_clips=6, labels=None):
     rows = [r for r in esc50_rows() if r["esc10"] == "True"]
     labels = labels or sorted({r["category"] for r in rows})
-    clips = [quantize.Clip(esc50_clip(r["filename"]), labels.index(r["category"]))
+    clips = [Clip(esc50_clip(r["filename"]), labels.index(r["category"]))
              for r in rows if r["category"] in labels][:: max(1, len(rows) // n_clips)][:n_clips]
     return clips
 
@@ -226,10 +227,10 @@ def test_qat_finetune_writes_an_int8_tflite_that_matches_its_torch_twin(tmp_path
     network = with_trained_batchnorm(student.network, (4, 49, student.network.n_bins))
     info = ModelInfo(labels=["a", "b", "c"], frontend=student.frontend.frozen_spec(),
                      n_frames=49, name="qat-test")
-    clips = [quantize.Clip(c.path, i % 3) for i, c in enumerate(real_windows(info, esc50, 6))]
-    x, y = quantize.labeled_windows(clips, info, per_clip=2)
-    tuned = quantize.qat_finetune(network, info, x, y, epochs=1, lr=1e-3, batch_size=4,
-                                  calibration=x)
+    clips = [Clip(c.path, i % 3) for i, c in enumerate(real_windows(info, esc50, 6))]
+    x, y = labeled_windows(clips, info, per_clip=2)
+    tuned = qat_finetune(network, info, x, y, epochs=1, lr=1e-3, batch_size=4,
+                         calibration=x)
     assert len(tuned.losses) == 1 and np.isfinite(tuned.losses[0])
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                    for m in tuned.network.modules())
@@ -255,7 +256,7 @@ def test_int8_files_for_the_placeholder_log_mel_cnn(tmp_path, esc50):
     network = with_trained_batchnorm(LogMelCNN(info.frontend.n_bins, len(info.labels)),
                                      (4, info.n_frames, info.frontend.n_bins))
     clips = real_windows(info, esc50, 8, info.labels)
-    calibration = quantize.calibration_windows(clips, info, n=16)
+    calibration = calibration_windows(clips, info, n=16)
     files = write_model_files(network, info, tmp_path, float_files=False, int8=True,
                               calibration=calibration, stem="esc10-placeholder")
     assert sorted(files) == ["esc10-placeholder.int8.onnx", "esc10-placeholder.int8.tflite"]

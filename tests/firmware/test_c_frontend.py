@@ -5,11 +5,9 @@ writes, then run through the host harness (raw float32 in, float32 / int8 featur
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 
 from edgeaudio.frontend import (Frontend, FrontendSpec, encode_matrix, hz_to_mel, mel_filterbank,
                                 mel_to_hz)
+from firmware_demo import gen_frontend_header as gen
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware_demo"
@@ -33,15 +32,6 @@ ZERO_POINT = int(np.floor(-128.0 - FEATURE_LO / float(SCALE) + 0.5))
 HARDEST_CLIP = "3-148297-A-37.flac"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, FIRMWARE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load("gen_frontend_header")
 
 
 def build(out_dir: Path, spec=None, fft_double=False, **quant) -> Path:

@@ -1,23 +1,19 @@
 """The model-to-firmware generator: the model graph (without the edgeaudio metadata buffer and
 the strings TFLM never reads), labels and front end land in C sources that compile with the C
 front end; the array TFLM runs gives exactly the original file's outputs."""
-import importlib.util
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from edgeaudio.export.tflm import fits, smallest_arena, tflm_available
 from edgeaudio.modelfile import METADATA_KEY
+from firmware_demo.gen_firmware import firmware_model_bytes, generate, model_ops, resolver_method
 from tests.conftest import PLACEHOLDER, REPO
 
 FIRMWARE = REPO / "firmware_demo"
-sys.path.insert(0, str(FIRMWARE))
-from gen_firmware import (firmware_model_bytes, generate, model_ops, resolver_method,  # noqa: E402
-                          smallest_arena, tflm_fits)
-
-HAS_TFLM = importlib.util.find_spec("tflite_micro") is not None
+HAS_TFLM = tflm_available()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +85,6 @@ def test_keep_names_keeps_tensor_names_but_not_the_metadata(tmp_path):
 
 
 def test_same_graph_as_the_export_rooms_strip_metadata():
-    pytest.importorskip("torch", reason="edgeaudio.export needs torch")
     from edgeaudio.export.tflm import strip_metadata
 
     data = PLACEHOLDER.with_suffix(".tflite").read_bytes()
@@ -124,7 +119,7 @@ def test_tflm_runs_the_stripped_graph_exactly_as_the_file_in_the_smallest_arena(
     arena = result["arena_bytes"]
     assert f"#define EA_ARENA_MIN_BYTES {arena}" in (tmp_path / "ea_model_data.h").read_text()
     assert arena == smallest_arena(graph) and arena % 256 == 0
-    assert tflm_fits(graph, arena) and not tflm_fits(graph, arena - 256)
+    assert fits(graph, arena) and not fits(graph, arena - 256)
     original = runtime.Interpreter.from_bytes(data, arena_size=arena + 64 * 1024)
     flashed = runtime.Interpreter.from_bytes(graph, arena_size=arena)
     shape = tuple(original.get_input_details(0)["shape"])

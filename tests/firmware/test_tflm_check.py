@@ -2,8 +2,8 @@
 on real ESC-50 clips and exported int8 (as ``edgeaudio export --int8`` writes it), goes through
 gen_firmware.py; the C front end built from the generated header (float FFT, 16-bit PCM pushed
 one hop at a time, as the board sketch does) feeds int8 features to TensorFlow Lite Micro
-running the compiled model array in the smallest arena; the top-1 must equal the runtime's
-(``edgeaudio.Model`` through LiteRT) on every held-out clip.
+running the compiled model array in the smallest arena; its top-1 must be the reference's on
+every held-out clip that kernel rounding cannot decide either way.
 
 Training: 5 short epochs on 80 one-second crops (~7 s; the export round trip explains why not
 1: the BatchNorm statistics must move, or the model names one class for every clip and agreement
@@ -11,11 +11,14 @@ proves nothing; ``test_the_model_tells_classes_apart`` guards that). The model f
 window every 0.5 s (its stream hop), so the 15 held-out clips make 150 windows. One model and
 one check are shared by the module (~25 s in all).
 
-Where the two paths can part: TFLM runs the reference kernels (checked bit-exact with LiteRT's
+Where the paths can part: TFLM runs the reference kernels (checked bit-exact with LiteRT's
 ``BUILTIN_REF`` here), the runtime LiteRT's optimized ones (XNNPACK), whose requantization
-rounds differently layer after layer (a few int8 output steps on this student). A clip whose
-runtime scores are a near-tie between two labels could flip; the failure message gives the
-runtime's margin, and the reference-kernel figures say whether the front end is to blame.
+rounds differently layer after layer and by CPU (AVX2, AVX-512 and NEON take different code
+paths: 7 int8 output steps apart on this student here). A clip whose scores are a near-tie
+between two labels can flip on one CPU and not on another, so top-1 labels are judged only on
+clips a bound of so many output steps on every logit cannot change (``decided_top1``): against
+the reference path (numpy features through LiteRT's reference kernels, the same on every CPU)
+within 2 steps, against the runtime within 16.
 """
 from __future__ import annotations
 
@@ -33,9 +36,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.conftest import REPO, esc50_csv, esc50_rows  # noqa: E402
+from tests.conftest import REPO, esc50_csv  # noqa: E402
 
-FIRMWARE = REPO / "firmware_demo"
 LABELS = ["dog", "rooster", "rain", "crying_baby", "clock_tick"]  # ESC-10 classes (CC BY)
 TRAIN_PER_CLASS, TEST_PER_CLASS = 16, 3
 
@@ -47,8 +49,7 @@ for module, why in (("tflite_micro", "the check runs TensorFlow Lite Micro (tfli
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} not installed: {why}", allow_module_level=True)
 
-sys.path.insert(0, str(FIRMWARE))
-import tflm_check  # noqa: E402
+from firmware_demo import gen_firmware, tflm_check  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,9 @@ def exported(tmp_path_factory, esc50):
     torch = pytest.importorskip("torch", reason="training and exporting the student needs torch")
     pytest.importorskip("litert_torch", reason="the int8 export needs litert-torch")
 
-    from edgeaudio.export import quantize
     from edgeaudio.export.cli import model_info
+    from edgeaudio.export.clips import Clip, calibration_windows
+    from edgeaudio.export.quantize import quantize_tflite
     from edgeaudio.train.cache import EmbeddingCache
     from edgeaudio.train.checkpoint import load_student, resolve_checkpoint
     from edgeaudio.train.loop import TrainConfig, train
@@ -74,11 +76,12 @@ def exported(tmp_path_factory, esc50):
     info = model_info(student, ckpt, "tflm-check-tiny", resolve_checkpoint(run))
     info.stream["hop_seconds"] = 0.5  # a window every 0.5 s: half the windows of the default
     clips = list(csv.DictReader(open(data)))
-    train_clips = [quantize.Clip(Path(r["path"])) for r in clips if r["fold"] != "5"]
-    calibration = quantize.calibration_windows(train_clips, info, n=60)
-    path = quantize.quantize_tflite(student.network.eval(), info, calibration,
-                                    root / "model.int8.tflite")
+    train_clips = [Clip(Path(r["path"])) for r in clips if r["fold"] != "5"]
+    calibration = calibration_windows(train_clips, info, n=60)
+    path = quantize_tflite(student.network.eval(), info, calibration,
+                           root / "model.int8.tflite")
     return {"path": path, "test_clips": [r["path"] for r in clips if r["fold"] == "5"],
+            "rain_clips": [r["path"] for r in clips if r["fold"] == "5" and r["label"] == "rain"],
             "root": root}
 
 
@@ -109,11 +112,18 @@ def test_the_model_tells_classes_apart(report):
     assert len(predicted) >= 3, "agreement on a constant classifier would prove nothing"
 
 
-def test_c_frontend_and_tflm_give_the_runtimes_top1_on_every_clip(report):
+def test_c_frontend_and_tflm_give_the_reference_top1_on_every_decided_clip(report):
+    """Top-1 agreement judged where the margin exceeds the rounding bound (not on near-ties):
+    the firmware against the reference path (bit-exact kernels by design, 2 output steps for
+    TFLM's fully-connected rounding and the C front end's rare one-step features) and against
+    the runtime (16 steps: the optimized kernels' drift on any CPU). Most clips must be
+    decided by the reference, or agreement would prove little."""
     print("\n" + tflm_check.summary(report))
     assert report["clips"] == len(LABELS) * TEST_PER_CLASS
     assert all(row["pcm16"] for row in report["rows"])  # ESC-50 is 16-bit: the board's path
-    assert report["passed"], [r for r in report["rows"] if not r["same_top1"]]
+    assert report["reference_decided_clips"] >= report["clips"] // 2, report["rows"]
+    assert report["passed"], [r for r in report["rows"] if not r["same_top1"]
+                              or not r["same_top1_as_reference"]]
     # the inputs themselves: the C front end's int8 features are the runtime's, or one step off
     assert report["int8_features_max_step_diff"] <= 1
     assert report["int8_features_equal_to_runtime"] >= 0.999
@@ -144,9 +154,11 @@ def test_zero_points_shrink_and_tflm_gives_the_same_outputs(exported, report):
     those of the whole graph, bit for bit."""
     from ai_edge_litert.tools import flatbuffer_utils
 
+    from edgeaudio.export.tflm import TFLMRunner
+
     data = exported["path"].read_bytes()
-    flash = tflm_check.firmware_model_bytes(data)
-    whole = tflm_check.firmware_model_bytes(data, keep_zero_points=True)
+    flash = gen_firmware.firmware_model_bytes(data)
+    whole = gen_firmware.firmware_model_bytes(data, keep_zero_points=True)
     assert len(flash) == report["flash_model_bytes"] < len(whole) - 10_000
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flash))
     per_channel = [t.quantization for t in model.subgraphs[0].tensors
@@ -154,8 +166,8 @@ def test_zero_points_shrink_and_tflm_gives_the_same_outputs(exported, report):
                    and len(t.quantization.scale) > 1]
     assert per_channel and all(len(q.zeroPoint) == 1 and q.zeroPoint[0] == 0
                                for q in per_channel)
-    a = tflm_check.TFLM(flash, report["arena_bytes"])
-    b = tflm_check.TFLM(whole, report["arena_bytes"] + 16 * 1024)
+    a = TFLMRunner(flash, report["arena_bytes"])
+    b = TFLMRunner(whole, report["arena_bytes"] + 16 * 1024)
     rng = np.random.default_rng(0)
     for _ in range(3):
         x = rng.integers(-128, 128, a.input_shape).astype(np.int8)
@@ -163,10 +175,13 @@ def test_zero_points_shrink_and_tflm_gives_the_same_outputs(exported, report):
 
 
 def test_the_script_runs_end_to_end(exported, tmp_path):
+    """On two rain clips: the class this model names with its widest margins (about 0.9), so
+    both paths decide them on any CPU."""
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, str(FIRMWARE / "tflm_check.py"),
-                           str(exported["path"]), *exported["test_clips"][:2], "--json",
-                           str(out), "-q"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "firmware_demo.tflm_check",
+                           str(exported["path"]), *exported["rain_clips"][:2], "--json",
+                           str(out), "-q"], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PASS" in proc.stdout and "smallest TFLM arena" in proc.stdout
     saved = json.loads(out.read_text())
@@ -174,10 +189,10 @@ def test_the_script_runs_end_to_end(exported, tmp_path):
 
 
 def test_script_says_what_is_missing(tmp_path):
-    proc = subprocess.run([sys.executable, str(FIRMWARE / "tflm_check.py"),
+    proc = subprocess.run([sys.executable, "-m", "firmware_demo.tflm_check",
                            str(REPO / "tests/data/esc10-placeholder.onnx"),
                            str(REPO / "examples/dog.flac")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode != 0 and "needs a .tflite" in (proc.stderr + proc.stdout)
 
 
