@@ -10,7 +10,8 @@ class AudioError(EdgeAudioError):
 
 
 class ModelFileError(EdgeAudioError):
-    """A model file that is missing, truncated, foreign or lacks edgeaudio metadata."""
+    """A model file that is missing, truncated, corrupt, foreign, or whose edgeaudio metadata
+    is missing or breaks the schema (``edgeaudio.schema``; the message names the field)."""
 
 
 class BackendError(EdgeAudioError):

@@ -214,8 +214,9 @@ class _FlatBuffer:
                 for i in range(n)]
 
     def ints(self, table: tuple, index: int, fmt: str, what: str) -> list:
-        start, n = self.vector(table, index, struct.calcsize(fmt), what)
-        return [v[0] for v in struct.iter_unpack(fmt, self.data[start:start + n * struct.calcsize(fmt)])]
+        size = struct.calcsize(fmt)
+        start, n = self.vector(table, index, size, what)
+        return [v[0] for v in struct.iter_unpack(fmt, self.data[start:start + n * size])]
 
 
 def _u32(buf, pos):
@@ -290,6 +291,13 @@ def _check_tensor(fb: _FlatBuffer, tensor: tuple, n_buffers: int, what: str) -> 
         raise ModelFileError(f"{what} is a variant tensor: not supported")
 
 
+def _check_tensor_indices(fb: _FlatBuffer, table: tuple, index: int, n_tensors: int, what: str,
+                          lowest: int = 0) -> None:
+    for i in fb.ints(table, index, "<i", what):
+        if not lowest <= i < n_tensors:
+            raise ModelFileError(f"{what} names tensor {i} of {n_tensors}: corrupt file")
+
+
 def verify_tflite(data: bytes) -> None:
     """Check every offset and index the interpreter will follow; ``ModelFileError`` if any
     points outside the file or outside its list."""
@@ -316,21 +324,15 @@ def verify_tflite(data: bytes) -> None:
         for t, tensor in enumerate(tensors):
             _check_tensor(fb, tensor, len(buffers), f"subgraph {s} tensor {t}")
 
-        def indices(table, index, what, optional_ok=False):
-            for i in fb.ints(table, index, "<i", what):
-                if not (-1 if optional_ok else 0) <= i < len(tensors):
-                    raise ModelFileError(f"{what} names tensor {i} of {len(tensors)}: "
-                                         "corrupt file")
-
-        indices(subgraph, 1, f"subgraph {s} inputs")
-        indices(subgraph, 2, f"subgraph {s} outputs")
+        _check_tensor_indices(fb, subgraph, 1, len(tensors), f"subgraph {s} inputs")
+        _check_tensor_indices(fb, subgraph, 2, len(tensors), f"subgraph {s} outputs")
         fb.string(subgraph, 4, f"subgraph {s} name")
         for o, op in enumerate(fb.tables(subgraph, 3, f"subgraph {s} operator")):
             what = f"subgraph {s} operator {o}"
             if fb.scalar(op, 0, "<I", what) >= len(codes):
                 raise ModelFileError(f"{what} names an unknown operator code: corrupt file")
             for index in (1, 2, 8):  # inputs, outputs, intermediates (-1: an omitted input)
-                indices(op, index, what, optional_ok=True)
+                _check_tensor_indices(fb, op, index, len(tensors), what, lowest=-1)
             fb.vector(op, 5, 1, what + " custom options")
             fb.vector(op, 7, 1, what + " mutating inputs")
             if fb.scalar(op, 9, "<Q", what) or fb.scalar(op, 10, "<Q", what):

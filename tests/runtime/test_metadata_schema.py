@@ -190,11 +190,11 @@ def assert_refused_naming(path, field):
 
 
 FIELD_CASES = [(BUNDLED, case) for case in BUNDLED_CASES] + [(MEL, case) for case in MEL_CASES]
+FIELD_IDS = [("mel:" if src is MEL else "") + case_id(case) for src, case in FIELD_CASES]
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
-@pytest.mark.parametrize("sources, case", FIELD_CASES,
-                         ids=[("mel:" if src is MEL else "") + case_id(c) for src, c in FIELD_CASES])
+@pytest.mark.parametrize("sources, case", FIELD_CASES, ids=FIELD_IDS)
 def test_broken_field_is_named(tmp_path, suffix, sources, case):
     field, value, named = case
     doc = changed(metadata_of(sources[suffix]), field, value)

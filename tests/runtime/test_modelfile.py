@@ -5,7 +5,9 @@ import pytest
 
 from edgeaudio import Model, ModelFileError
 from edgeaudio.modelfile import METADATA_KEY, ModelInfo, read_tflite_metadata
-from tests.conftest import PLACEHOLDER, SHARED
+from tests.conftest import PLACEHOLDER, REPO, SHARED
+
+BUNDLED_TFLITE = REPO / "edgeaudio" / "models" / "esc50-student.int8.tflite"
 
 
 @pytest.mark.parametrize("suffix", [".onnx", ".tflite"])
@@ -78,3 +80,54 @@ def test_metadata_lacking_labels():
     del good["labels"]
     with pytest.raises(ModelFileError, match="labels: is missing"):
         ModelInfo.from_json(json.dumps(good))
+
+
+def _edited_tflite(tmp_path, edit):
+    """The bundled TFLite file, re-serialized after ``edit(model object)``."""
+    flatbuffer_utils = pytest.importorskip("ai_edge_litert.tools.flatbuffer_utils")
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(BUNDLED_TFLITE.read_bytes()))
+    edit(model)
+    path = tmp_path / "edited.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    return path
+
+
+def _weight_buffer(model):
+    sizes = [0 if b.data is None else len(b.data) for b in model.buffers]
+    return sizes.index(max(sizes))
+
+
+def _move_buffer_past_the_end(model):
+    buffer = model.buffers[_weight_buffer(model)]
+    buffer.data, buffer.offset, buffer.size = None, 10 ** 6, 4096
+
+
+def _operator_input_out_of_range(model):
+    subgraph = model.subgraphs[0]
+    subgraph.operators[0].inputs[0] = len(subgraph.tensors) + 7
+
+
+def _tensor_names_a_missing_buffer(model):
+    model.subgraphs[0].tensors[0].buffer = len(model.buffers) + 3
+
+
+def _per_channel_scales_do_not_fit(model):
+    for tensor in model.subgraphs[0].tensors:
+        q = tensor.quantization
+        if q is not None and q.scale is not None and len(q.scale) > 1:
+            q.quantizedDimension = len(tensor.shape)  # past the last dimension
+            return
+    raise AssertionError("the bundled model has per-channel weights")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_move_buffer_past_the_end, r"buffer \d+ \(offset and size\) lies outside the file"),
+    (_operator_input_out_of_range, "operator 0 names tensor"),
+    (_tensor_names_a_missing_buffer, "tensor 0 names buffer"),
+    (_per_channel_scales_do_not_fit, "per-channel scales do not fit"),
+], ids=["buffer-offset", "operator-input", "tensor-buffer", "quantized-dimension"])
+def test_tflite_structure_checked_before_the_interpreter(tmp_path, edit, message):
+    """What the legacy interpreter would follow blindly is checked first (both TFLite backends
+    run the same check before creating their interpreter; the message shows it was ours)."""
+    with pytest.raises(ModelFileError, match=message):
+        Model(_edited_tflite(tmp_path, edit))
