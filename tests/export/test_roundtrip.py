@@ -32,8 +32,8 @@ from edgeaudio import Model  # noqa: E402
 from edgeaudio.audio import load_audio  # noqa: E402
 from edgeaudio.backends import BACKENDS_FOR_FORMAT, backend_available  # noqa: E402
 from edgeaudio.cli import main  # noqa: E402
-from edgeaudio.export import quantize  # noqa: E402
-from edgeaudio.export.report import JSON_NAME, MARKDOWN_NAME  # noqa: E402
+from edgeaudio.export.clips import runtime_windows  # noqa: E402
+from edgeaudio.export.report import JSON_NAME, MARKDOWN_NAME, decided_top1  # noqa: E402
 from edgeaudio.train.checkpoint import load_student  # noqa: E402
 
 from ..conftest import REPO, esc50_csv, esc50_rows  # noqa: E402
@@ -42,6 +42,12 @@ torch.set_num_threads(1)
 
 LABELS = ["dog", "rooster", "rain", "crying_baby", "clock_tick"]  # ESC-10 classes (CC BY)
 FILES = ["model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite"]
+# How far a file's logits may be from torch's before a top-1 is judged (see
+# test_files_give_torchs_top1_on_every_clip_rounding_cannot_flip): float32 graphs are within
+# 1e-5 of torch; int8 ones within a few output steps (median 2.5, 95 % within 8.5 here), and
+# their kernels round by CPU (onnxruntime and XNNPACK take other paths on AVX2 / AVX-512 / NEON).
+FLOAT_BOUND = 1e-3
+INT8_BOUND_STEPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,7 @@ def exported(tmp_path_factory, esc50):
 def torch_clip_scores(student, info, path):
     """Clip scores the way the runtime computes them, but with the torch front end."""
     wave = load_audio(path, info.sample_rate)
-    windows = quantize.runtime_windows(info, wave)
+    windows = runtime_windows(info, wave)
     with torch.no_grad():
         logits = student(torch.from_numpy(windows))
     return torch.softmax(logits, -1).mean(0).numpy()
@@ -114,25 +120,56 @@ def test_the_tiny_model_tells_classes_apart(exported):
     assert len(predicted) >= 3, "agreement on a constant classifier would prove nothing"
 
 
-def test_float_files_agree_with_torch_on_every_clip_int8_on_90_percent(exported):
+def int8_output_scale(path) -> float:
+    """The scale of an int8 file's output: the TFLite output tensor's, or that of the ONNX
+    DequantizeLinear the output comes from."""
+    if path.suffix == ".tflite":
+        return float(Model(path, backend="litert").backend.out["quantization"][0])
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = {init.name: init for init in graph.initializer}
+    node = producer[graph.output[0].name]
+    while node.op_type != "DequantizeLinear":  # through reshapes and the like
+        node = producer[node.input[0]]
+    return float(numpy_helper.to_array(constants[node.input[1]]))
+
+
+def test_files_give_torchs_top1_on_every_clip_rounding_cannot_flip(exported):
     """Independent of the report's code: each file through the runtime (numpy front end)
-    against the torch student (torch front end) on the same windows."""
+    against the torch student (torch front end) on the same windows.
+
+    Top-1 agreement is judged where torch's margin exceeds the rounding bound, not on
+    near-ties: a clip counts when no error of up to FLOAT_BOUND (float files) or
+    INT8_BOUND_STEPS output steps of the file's int8 output scale (int8 files) on every logit
+    of every window could change torch's top-1 (``decided_top1``). On those clips every file
+    must name torch's label; and a quarter of the clips at least must count, or agreement would
+    prove little."""
     student, clips = exported["student"], exported["test_clips"]
     info = Model(exported["out"] / FILES[0]).info
-    expected = [int(np.argmax(torch_clip_scores(student, info, c["path"]))) for c in clips]
     frontend = Model(exported["out"] / FILES[0]).frontend
-    features = [np.stack([frontend(w) for w in quantize.runtime_windows(
-        info, load_audio(c["path"], info.sample_rate))]) for c in clips]
-    agree = {}
+    windows = [runtime_windows(info, load_audio(c["path"], info.sample_rate)) for c in clips]
+    with torch.no_grad():
+        torch_logits = [student(torch.from_numpy(w)).numpy() for w in windows]
+    features = [np.stack([frontend(w) for w in clip]) for clip in windows]
+    judged = {}
     for name in FILES:
         model = Model(exported["out"] / name)
         scores = [np.mean([model.scores_for_features(w) for w in f], axis=0) for f in features]
         # the same as the whole path Model.classify takes
         np.testing.assert_allclose(model.classify(clips[0]["path"]).scores, scores[0],
                                    atol=1e-6)
-        agree[name] = float(np.mean([int(np.argmax(s)) == e for s, e in zip(scores, expected)]))
-    assert agree["model.onnx"] == 1.0 and agree["model.tflite"] == 1.0, agree
-    assert agree["model.int8.onnx"] >= 0.9 and agree["model.int8.tflite"] >= 0.9, agree
+        bound = (INT8_BOUND_STEPS * int8_output_scale(exported["out"] / name) if ".int8." in name
+                 else FLOAT_BOUND)
+        decided = [decided_top1(t, info.output_activation, info.clip_pooling, bound)
+                   for t in torch_logits]
+        judged[name] = [(clip["path"], top, int(np.argmax(s)))
+                        for clip, top, s in zip(clips, decided, scores) if top is not None]
+        assert len(judged[name]) >= len(clips) // 4, (name, len(judged[name]))
+    disagree = {name: [j for j in rows if j[1] != j[2]] for name, rows in judged.items()}
+    assert not any(disagree.values()), disagree
 
 
 def test_int8_tflite_has_int8_input_and_output_with_scale_and_zero_point(exported):
@@ -199,7 +236,7 @@ def test_int8_tflite_runs_under_tflm_bit_exact_with_litert_reference_kernels(exp
     model = Model(exported["out"] / "model.int8.tflite", backend="litert")
     for clip in exported["test_clips"][:3]:
         wave = load_audio(clip["path"], model.sample_rate)
-        for window in quantize.runtime_windows(model.info, wave)[:2]:
+        for window in runtime_windows(model.info, wave)[:2]:
             x = runner.quantize_input(model.frontend(window))
             a, b = runner.run_raw(x).astype(int), reference.run_raw(x).astype(int)
             assert np.abs(a - b).max() <= 1
@@ -227,7 +264,7 @@ def test_window_option_exports_a_shorter_window_the_runtime_uses(exported, tmp_p
     assert abs(model.info.window_seconds - 0.5) < model.info.frontend.hop_length / 16000
     clip = exported["test_clips"][0]["path"]
     wave = load_audio(clip, model.sample_rate)
-    windows = quantize.runtime_windows(model.info, wave)
+    windows = runtime_windows(model.info, wave)
     with torch.no_grad():
         expected = torch.softmax(exported["student"](torch.from_numpy(windows)), -1).mean(0)
     assert np.argmax(model.classify(clip).scores) == int(expected.argmax())
