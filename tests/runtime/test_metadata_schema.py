@@ -257,17 +257,22 @@ def test_invalid_utf8_in_the_metadata(tmp_path, suffix):
         Model(path)
 
 
+def peak_bytes_of_refusing(path, match: str) -> int:
+    """Peak Python memory while ``Model(path)`` is refused with ``match``."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=match):
+            Model(path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_oversized_metadata_refused_before_it_is_decoded(tmp_path, suffix):
     doc = {**metadata_of(BUNDLED[suffix]), "extra": {"padding": "x" * (17 * 2**20)}}
     path = write_copy(BUNDLED[suffix], json.dumps(doc), tmp_path / f"m{suffix}")
-    tracemalloc.start()
-    try:
-        with pytest.raises(ModelFileError, match="more than 16777216"):
-            Model(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = peak_bytes_of_refusing(path, "more than 16777216")
     # the file is read once (18 MB); the metadata is neither copied nor decoded nor parsed
     assert peak < 1.5 * path.stat().st_size, peak
 
@@ -279,14 +284,8 @@ def test_oversized_metadata_refused_before_it_is_decoded(tmp_path, suffix):
 def test_huge_sizes_refused_before_allocating(tmp_path, suffix, field, value):
     doc = changed(metadata_of(BUNDLED[suffix]), field, value)
     path = write_copy(BUNDLED[suffix], json.dumps(doc), tmp_path / f"m{suffix}")
-    tracemalloc.start()
     t0 = time.perf_counter()
-    try:
-        with pytest.raises(ModelFileError, match="metadata field"):
-            Model(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = peak_bytes_of_refusing(path, "metadata field")
     assert peak < 20 * 2**20 and time.perf_counter() - t0 < 10, peak
 
 
