@@ -330,12 +330,12 @@ def _stop_on_sigterm():
 def _reopen(make_source, duration, listener):
     """Retry the device every RETRY_SECONDS until it is back (Ctrl-C gives up), quietly: the
     audio libraries' own complaints about the missing device are hidden."""
-    from .sources import quiet_native_stderr
+    from .backends import native_stderr_silenced
 
     while True:
         time.sleep(RETRY_SECONDS)
         try:
-            with quiet_native_stderr():
+            with native_stderr_silenced():   # ALSA: a dozen lines a try
                 source = make_source()
         except EdgeAudioError:
             continue

@@ -4,8 +4,6 @@ Each source yields float32 mono chunks at its own ``rate``; the stream engine re
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
 import sys
 import time
@@ -15,6 +13,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio import check_sample_rate, read_blocks
+from .backends import native_stderr_silenced
 from .errors import AudioError, DeviceError
 
 
@@ -53,22 +52,6 @@ def resolve_input_device(spec):
     if not matches:
         raise DeviceError(f"no input device named {spec!r} (see: edgeaudio devices)")
     return matches[0]["index"]
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Hide what C libraries (ALSA, PortAudio) write to file descriptor 2 meanwhile: retrying a
-    device that is gone makes them print a dozen lines a try. Python exceptions still rise."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 class Microphone:
@@ -130,7 +113,7 @@ class Microphone:
     def __exit__(self, *exc):
         if self.stream is not None:
             try:
-                with quiet_native_stderr():   # a device already gone makes ALSA complain
+                with native_stderr_silenced():   # a device already gone makes ALSA complain
                     self.stream.abort()
                     self.stream.close()
             except Exception:

@@ -278,3 +278,16 @@ def test_classify_warns_about_a_wav_shorter_than_its_header(tmp_path, esc50):
     assert f"{2 * rate} frames (2.00 s) are missing" in warnings[0]
     assert json_lines(r.stdout)[0]["windows"] == 9            # what is there is classified
     assert error_lines(edgeaudio("classify", whole, "--model", MODEL).stderr) == []
+
+
+def test_listen_says_once_when_the_input_stays_digital_silence(esc50):
+    """A muted capture piped in (arecord from a muted or missing microphone): zeros only."""
+    def run(pcm):
+        r = subprocess.run([sys.executable, "-m", "edgeaudio", "listen", "--input", "-",
+                            "--json", "--model", str(MODEL)], input=pcm, capture_output=True,
+                           timeout=60, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        return [line for line in error_lines(r.stderr.decode()) if "digital silence" in line]
+    assert len(run(b"\0\0" * 16000 * 8)) == 1                  # 8 s of zeros: said once
+    x, _ = sf.read(esc50_clip(DOG), dtype="int16")
+    assert run(np.tile(x, 2).astype("<i2").tobytes()) == []     # a real recording: never
