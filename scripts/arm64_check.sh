@@ -127,13 +127,14 @@ echo "machine $(uname -m), $(python3 --version)"
 update-ca-certificates > /dev/null
 rm -rf /opt/venv
 python3 -m venv /opt/venv
-pip_install() {
-    /opt/venv/bin/pip install --progress-bar off "$@" > /opt/out/arm64/pip_install.log 2>&1 \
-        || { tail -20 /opt/out/arm64/pip_install.log; echo "pip install $* failed"; exit 1; }
-    grep "^Successfully" /opt/out/arm64/pip_install.log
+pip_install() {  # LOG, then what to install
+    local log=/opt/out/arm64/$1; shift
+    /opt/venv/bin/pip install --progress-bar off "$@" > "$log" 2>&1 \
+        || { tail -20 "$log"; echo "pip install $* failed"; exit 1; }
+    grep "^Successfully" "$log"
 }
-pip_install .
-pip_install pytest
+pip_install pip_install_runtime.log .
+pip_install pip_install_pytest.log pytest
 /opt/venv/bin/pip freeze > /opt/out/arm64/pip_freeze.txt
 /opt/venv/bin/python bench/arm64_check.py collect /opt/out/arm64 --edgeaudio /opt/venv/bin/edgeaudio
 set +e
@@ -143,12 +144,13 @@ echo "${PIPESTATUS[0]}" > /opt/out/arm64/pytest.rc
 '
 say "running in the arm64 root (emulated: slow, tens of minutes)"
 # A private mount namespace: /proc, /dev and /dev/shm inside the root vanish with it, even when
-# the run is killed.
+# the run is killed. No /sys: it would be the x86-64 host's CPU topology, beside qemu's x86-64
+# /proc/cpuinfo, and onnxruntime's CPU probe (cpuinfo) segfaults on that mix at import; without
+# /sys it warns once ("cpuinfo_initialize failed") and runs.
 unshare --mount --propagation private bash -euo pipefail -c '
     mount -t proc proc "$1/proc"
     mount --bind /dev "$1/dev"
     mount -t tmpfs shm "$1/dev/shm"
-    mount --bind /sys "$1/sys" && mount -o remount,bind,ro "$1/sys"
     exec chroot "$1" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
         PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
