@@ -256,11 +256,18 @@ def check(model_path, clips, build_dir=None, fft_double: bool = False,
             ref_raw = np.stack([ref_kernels.run(tflm, f) for f in features])
             top_ref = int(np.argmax(pool(activate(ref_raw.astype(np.float64),
                                                   info.output_activation), info.clip_pooling)))
+            # windows on their own, the same way: each a clip of one window
+            ref_windows = [decided_top1(r, info.output_activation, "mean", ref_bound)
+                           for r in ref_raw]
+            firmware_windows = scores.argmax(axis=1)
             by_reference = {
                 "reference": info.labels[top_ref],
                 "decided_by_reference": decided_top1(ref_raw, info.output_activation,
                                                      info.clip_pooling, ref_bound) is not None,
-                "same_top1_as_reference": top_ref == top_firmware}
+                "same_top1_as_reference": top_ref == top_firmware,
+                "windows_decided_by_reference": sum(t is not None for t in ref_windows),
+                "windows_same_top1_as_reference_decided": int(sum(
+                    t == f for t, f in zip(ref_windows, firmware_windows) if t is not None))}
         rows.append({
             "clip": clip.name, "windows": len(windows), "pcm16": use16,
             "runtime": info.labels[top_runtime], "firmware": info.labels[top_firmware],
@@ -301,6 +308,12 @@ def check(model_path, clips, build_dir=None, fft_double: bool = False,
         "reference_decided_clips": len(ref_judged) if ref_kernels is not None else None,
         "same_top1_as_reference_decided_clips":
             int(sum(r["same_top1_as_reference"] for r in ref_judged))
+            if ref_kernels is not None else None,
+        "windows_same_top1_as_reference_decided": (
+            sum(r["windows_same_top1_as_reference_decided"] for r in rows)
+            / max(1, sum(r["windows_decided_by_reference"] for r in rows)))
+            if ref_kernels is not None else None,
+        "windows_decided_by_reference": sum(r["windows_decided_by_reference"] for r in rows)
             if ref_kernels is not None else None,
         "passed": passed,
         "windows": int(sum(r["windows"] for r in rows)),
@@ -379,7 +392,9 @@ def summary(report: dict) -> str:
         lines.append(f"C front end + TFLM vs the reference path (numpy features, LiteRT's "
                      f"reference kernels): same top-1 on "
                      f"{report['same_top1_as_reference_decided_clips']}/"
-                     f"{report['reference_decided_clips']} decided clips")
+                     f"{report['reference_decided_clips']} decided clips, "
+                     f"{100 * report['windows_same_top1_as_reference_decided']:.1f} % of "
+                     f"{report['windows_decided_by_reference']} decided windows")
     near_ties = [r["clip"] for r in report["rows"] if not r["decided"]]
     if near_ties:
         lines.append(f"near-ties of the runtime, not judged ({len(near_ties)}): "

@@ -124,6 +124,9 @@ def test_c_frontend_and_tflm_give_the_reference_top1_on_every_decided_clip(repor
     assert report["reference_decided_clips"] >= report["clips"] // 2, report["rows"]
     assert report["passed"], [r for r in report["rows"] if not r["same_top1"]
                               or not r["same_top1_as_reference"]]
+    # window by window, the same judgement (99 %: a window is one 1-s guess, not a clip)
+    assert report["windows_decided_by_reference"] >= report["windows"] // 2
+    assert report["windows_same_top1_as_reference_decided"] >= 0.99
     # the inputs themselves: the C front end's int8 features are the runtime's, or one step off
     assert report["int8_features_max_step_diff"] <= 1
     assert report["int8_features_equal_to_runtime"] >= 0.999
