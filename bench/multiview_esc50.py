@@ -110,12 +110,11 @@ def run_rows(rows, progress: bool) -> None:
 
 def full_training_clips() -> int:
     """Training clips of a full run: fold 1 held out, then the blending validation split."""
-    from edgeaudio.train.data import load_dataset, split_indices
-    from edgeaudio.train.multiview_train import blend_validation_split
+    from edgeaudio.train.data import load_dataset, split_indices, validation_split
     dataset = load_dataset(ESC50, "esc50")
     cfg = row_config("mel")
     train, _ = split_indices(dataset, FOLD, seed=cfg.seed)
-    return len(blend_validation_split(dataset.targets, train, cfg.val_fraction, cfg.seed)[0])
+    return len(validation_split(dataset, train, fraction=cfg.val_fraction, seed=cfg.seed)[0])
 
 
 def time_rows(rows, fraction: float) -> dict:

@@ -54,8 +54,8 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
     plan = DataPlan()
     source = data or config.get("data")
     if source:
-        recipe = None if data else config.get("recipe")
-        dataset = load_dataset(source, recipe)
+        layout = None if data else config.get("layout", config.get("recipe"))
+        dataset = load_dataset(source, layout)
         if not data:  # the run's own data: the classes it was trained on (--classes)
             dataset = select_classes(dataset, config.get("classes"))[0]
         fold = test_fold if test_fold is not None else config.get("fold")
@@ -63,7 +63,7 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
             fold = None  # --data without folds replaces the run's: a seeded split
         train_idx, test_idx = split_indices(
             dataset, None if fold is None else int(fold), seed=int(config.get("seed", 0)),
-            val_fraction=float(config.get("val_fraction", 0.2)),
+            test_fraction=float(config.get("test_fraction", config.get("val_fraction", 0.2))),
             train_fraction=float(config.get("train_fraction", 1.0)))
         unknown = sorted({item.label for item in dataset.items} - set(labels))
         if unknown:

@@ -149,8 +149,21 @@ def training_settings(config_file, given: dict):
 @click.option("--layout", "--recipe", "layout", type=click.Choice(["esc50"]), default=None,
               help="A known dataset layout (esc50: meta/esc50.csv, predefined folds); "
                    "--recipe is its old name.")
-@click.option("--fold", type=int, default=None, help="Held-out fold (default: the last).")
+@click.option("--fold", type=int, default=None,
+              help="The test fold, scored once at the end (default: the last).")
 @click.option("--folds", default=None, help="Cross-validation over these held-out folds, e.g. 1-5.")
+@click.option("--validation-fold", type=int, default=None,
+              help="A fold of the data as the validation clips every choice is made on "
+                   "(default: --validation-fraction of the training clips).")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of the training clips held out for validation (0: none, the last "
+                   "epoch is kept)." + _default("validation_fraction"))
+@click.option("--select", type=click.Choice(["best", "last"]), default=None,
+              help="The epoch kept: best validation accuracy, or the last."
+                   + _default("select"))
+@click.option("--test-curve", is_flag=True, default=None,
+              help="Also score the test split every --eval-every epochs, for plots and "
+                   "papers' protocols (never used for a choice).")
 @click.option("--student", default=None,
               help="Student size (--list-students)." + _default("student"))
 @click.option("--views", default=None,
@@ -222,7 +235,7 @@ def training_settings(config_file, given: dict):
               help="Optimizer steps per epoch (default: one pass over the training clips; "
                    "more reshuffles them again).")
 @click.option("--eval-every", type=click.IntRange(1), default=None,
-              help="Held-out accuracy every this many epochs (and after the last)."
+              help="Validation accuracy every this many epochs (and after the last)."
                    + _default("eval_every"))
 @click.option("--skip-unreadable", is_flag=True, default=None,
               help="Skip unreadable audio (listed in data_report.json) instead of stopping.")

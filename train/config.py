@@ -128,11 +128,18 @@ def read_config_file(path) -> dict:
 class TrainConfig(Settings):
     """The settings of a student run (``edgeaudio train``; ``edgeaudio.train.loop``)."""
 
-    RENAMED = {"recipe": "layout"}
+    RENAMED = {"recipe": "layout", "val_fraction": "test_fraction"}
+    SELECT = ("best", "last")
 
     data: str
     layout: str | None = None                          # a known dataset layout: "esc50"
-    fold: int | None = None
+    fold: int | None = None                            # the test fold (default: the last)
+    # the validation clips every choice is made on (the epoch kept, the streaming threshold,
+    # the teachers): a fold of the data, else this share of the training clips (0: none)
+    validation_fold: int | None = None
+    validation_fraction: float = 0.1
+    select: str = "best"                               # best validation epoch, or "last"
+    test_curve: bool = False                           # test accuracy every eval (reporting only)
     student: str = "small"
     teachers: list = field(default_factory=list)     # for the regulariser / fusion
     reg: str = "none"
@@ -171,11 +178,17 @@ class TrainConfig(Settings):
     freq_masks: int = 2
     freq_mask_bins: int = 8                            # semitones, across all harmonics
     train_fraction: float = 1.0
-    val_fraction: float = 0.2                          # held out when the data has no folds
+    test_fraction: float = 0.2                         # the test split when data has no folds
     skip_unreadable: bool = False
     eval_every: int = 1
     steps_per_epoch: int | None = None                 # None: one pass over the training clips
     channels_last: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        if "validation_fraction" not in d:  # a run from before validation splits: as it was
+            d = {**d, "validation_fraction": 0.0, "test_curve": True}
+        return super().from_dict(d)
 
     def resolved_alpha(self) -> float:
         return DEFAULT_ALPHA[self.reg] if self.alpha is None else float(self.alpha)
@@ -213,5 +226,12 @@ class TrainConfig(Settings):
                              f"no epoch of --epochs {self.epochs} for the contrastive term")
         if self.contrastive_weight < 0:
             raise TrainError(f"--contrastive-weight must be >= 0, got {self.contrastive_weight}")
+        if self.select not in self.SELECT:
+            raise TrainError(f"--select {self.select!r}: choose {' or '.join(self.SELECT)}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise TrainError(f"--validation-fraction must be in [0, 1), got "
+                             f"{self.validation_fraction}")
+        if self.validation_fold is not None and self.validation_fold == self.fold:
+            raise TrainError(f"--validation-fold {self.validation_fold} is the test --fold")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise TrainError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")

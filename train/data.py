@@ -372,12 +372,12 @@ def parse_folds(text: str | None) -> list[int]:
 
 
 def split_indices(dataset: Dataset, test_fold: int | None, *, seed: int = 0,
-                  val_fraction: float = 0.2, train_fraction: float = 1.0
+                  test_fraction: float = 0.2, train_fraction: float = 1.0
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) item indices.
 
     With folds: ``test_fold`` is held out (default: the last fold). Without folds: a
-    stratified, seeded ``val_fraction`` of every class is held out. ``train_fraction`` < 1
+    stratified, seeded ``test_fraction`` of every class is held out. ``train_fraction`` < 1
     keeps a stratified, seeded subset of the training items (the data-fraction ablation),
     at least one clip per class.
     """
@@ -401,7 +401,7 @@ def split_indices(dataset: Dataset, test_fold: int | None, *, seed: int = 0,
         for c in range(len(dataset.labels)):
             idx = np.flatnonzero(targets == c)
             idx = idx[rng.permutation(len(idx))]
-            k = int(round(val_fraction * len(idx))) if len(idx) > 1 else 0
+            k = int(round(test_fraction * len(idx))) if len(idx) > 1 else 0
             k = min(max(k, 1 if len(idx) > 1 else 0), len(idx) - 1)
             test_parts.append(idx[:k])
             train_parts.append(idx[k:])
@@ -423,6 +423,45 @@ def split_indices(dataset: Dataset, test_fold: int | None, *, seed: int = 0,
         train = np.sort(np.concatenate(keep))
     assert n == 0 or len(np.intersect1d(train, test)) == 0
     return train, test
+
+
+def validation_split(dataset: Dataset, train_idx: np.ndarray, *, fold: int | None = None,
+                     fraction: float = 0.1, seed: int = 0, stream: int = 6007
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) inside the training items: every choice a run makes (the epoch it
+    keeps, thresholds, teachers) is made on the validation clips, never on the test split.
+
+    With ``fold``: the training items of that fold (a dataset's own validation split).
+    Otherwise ``fraction`` of every class, seeded (at least one clip of each class that has
+    two or more; 0 gives no validation clips)."""
+    train_idx = np.asarray(train_idx)
+    targets = dataset.targets
+    if fold is not None:
+        folds = np.array([item.fold for item in dataset.items])
+        if not dataset.has_folds or fold not in dataset.folds:
+            raise DatasetError(f"validation fold {fold} not in {dataset.source} (folds: "
+                               f"{', '.join(map(str, dataset.folds)) or 'none'})")
+        val = train_idx[folds[train_idx] == fold]
+        if not len(val):
+            raise DatasetError(f"validation fold {fold} is the test fold; choose another")
+        fit = np.setdiff1d(train_idx, val)
+        missing = sorted({dataset.labels[c] for c in targets[train_idx]} -
+                         {dataset.labels[c] for c in targets[fit]})
+        if missing:
+            raise DatasetError(f"with fold {fold} for validation, class(es) "
+                               f"{', '.join(missing[:10])} have no training clips left")
+        return fit, val
+    if not 0.0 <= fraction < 1.0:
+        raise DatasetError(f"validation fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng([seed, stream])
+    val = []
+    for c in np.unique(targets[train_idx]):
+        idx = train_idx[targets[train_idx] == c]
+        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if fraction > 0 else 0
+        if k > 0:
+            val.append(rng.choice(idx, size=k, replace=False))
+    val = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+    return np.setdiff1d(train_idx, val), val
 
 
 # ------------------------------------------------------------------------------ audio

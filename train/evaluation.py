@@ -64,7 +64,7 @@ def evaluate_run(run_dir, data: str | None = None, layout: str | None = None,
         dataset, waves = drop_items(dataset, *load_waveforms(
             dataset.items, rate, skip_unreadable=cfg.skip_unreadable, progress=progress))
         _, indices = split_indices(dataset, cfg.fold, seed=cfg.seed,
-                                   val_fraction=cfg.val_fraction)
+                                   test_fraction=cfg.test_fraction)
     else:
         dataset = load_dataset(data, layout)
         unknown = [item for item in dataset.items if item.label not in labels]

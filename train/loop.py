@@ -48,7 +48,28 @@ from .students import count_macs_per_second, count_params, student_frontend_sett
 
 CONTRASTIVE_STREAM = 5801  # names the contrastive term's own random stream (seed, epoch, this)
 EPOCH_LINE = ("epoch {epoch:3d}  loss {loss:.4f}  ce {ce:.4f}  kd {kd:.4f}  reg {reg:.4f}"
-              "{con}  train acc {train_acc:.3f}  held-out acc {held_out}  ({seconds:.0f} s)")
+              "{con}  train acc {train_acc:.3f}  val acc {val}{test_part}  ({seconds:.0f} s)")
+
+
+def describe_splits(cfg: TrainConfig, prep: Prepared) -> dict:
+    """Which clips are the test split (scored once, at the end) and which the validation
+    clips (every choice): said plainly in the log and in data_report.json."""
+    dataset = prep.dataset
+    if dataset.has_folds:
+        fold = cfg.fold if cfg.fold is not None else max(dataset.folds)
+        test = (f"fold {fold}" + ("" if cfg.fold is not None else
+                                  " (the last fold; --fold chooses another)"))
+    else:
+        test = f"{cfg.test_fraction:.0%} of every class, seeded (the data has no folds)"
+    if cfg.validation_fold is not None:
+        validation = f"fold {cfg.validation_fold}"
+    elif len(prep.val_idx):
+        validation = f"{cfg.validation_fraction:.0%} of the training clips of every class, seeded"
+    else:
+        validation = "none (--validation-fraction 0): the last epoch is kept"
+    return {"test": test, "test_clips": int(len(prep.test_idx)), "validation": validation,
+            "validation_clips": int(len(prep.val_idx)),
+            "train_clips": int(len(prep.train_idx))}
 
 
 def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = True,
@@ -72,11 +93,16 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                                out_dir=run.out_dir)
     dataset, waves = prep.dataset, prep.waves
     labels = dataset.labels
+    splits = describe_splits(cfg, prep)
     run.write_json("data_report.json",
                    {**dataset.report(), "train_items": int(len(prep.train_idx)),
+                    "validation_items": int(len(prep.val_idx)),
                     "test_items": int(len(prep.test_idx)),
-                    "test_fold": cfg.fold, "cache": prep.cache_stats,
+                    "test_fold": cfg.fold, "splits": splits, "cache": prep.cache_stats,
                     **({"unlabeled": prep.unlabeled_report} if prep.unlabeled_report else {})})
+    run.log(f"test: {splits['test']}, {splits['test_clips']} clips, scored once at the end; "
+            f"validation: {splits['validation']}, {splits['validation_clips']} clips; "
+            f"training: {splits['train_clips']} clips")
     if dataset.skipped:
         run.log(f"{len(dataset.skipped)} file(s) skipped, listed in "
                 f"{run.out_dir / 'data_report.json'}")
@@ -87,7 +113,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
     student, network = modules.student, modules.student.network
     optimizer = modules.optimizer(cfg)
     rate = student.frontend.spec.sample_rate
-    train_idx, test_idx = prep.train_idx, prep.test_idx
+    train_idx, test_idx, val_idx = prep.train_idx, prep.test_idx, prep.val_idx
     # with a fixed number of steps, batches may cycle through a small training set
     batch_size = cfg.batch_size if cfg.steps_per_epoch else min(cfg.batch_size, len(train_idx))
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_idx) // batch_size)
@@ -102,9 +128,12 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
 
     history: list[dict] = []
     start_epoch, train_seconds = 0, 0.0
+    best = None  # the best validation epoch so far: {"epoch", "val_acc", "model_state"}
     if state is not None:
-        student.load_state_dict(state["model_state"])
         ts = state["train_state"]
+        # a finished run's checkpoint holds the selected epoch; training goes on from the last
+        student.load_state_dict(ts.get("last_model_state") or state["model_state"])
+        best = ts.get("best")
         for name, module in modules.aux_modules().items():
             module.load_state_dict(ts["aux"][name])
         optimizer.load_state_dict(ts["optimizer"])
@@ -113,7 +142,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
         train_seconds = float(ts.get("train_seconds", 0.0))
         run.log(f"resuming after epoch {start_epoch}")
 
-    def save(epoch: int, metrics: dict | None = None):
+    def save(epoch: int, metrics: dict | None = None, last_model_state: dict | None = None):
         aux = {name: m.state_dict() for name, m in modules.aux_modules().items()}
         save_checkpoint(run.checkpoint_path, student_name=cfg.student,
                         frontend_settings=frontend_settings, labels=labels,
@@ -121,7 +150,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                         epoch=epoch, config=cfg.to_dict(), metrics=metrics or {},
                         train_state={"optimizer": optimizer.state_dict(), "aux": aux,
                                      "history": history, "train_seconds": train_seconds,
-                                     "teacher_info": prep.teacher_info, "kd": prep.kd_info})
+                                     "teacher_info": prep.teacher_info, "kd": prep.kd_info,
+                                     "best": best, "last_model_state": last_model_state})
 
     epochs = EpochLoop(run, seed=cfg.seed, epochs=cfg.epochs, steps=steps_per_epoch,
                        start_epoch=start_epoch, progress=progress, stop_after=stop_after_epoch)
@@ -215,29 +245,54 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
         record = {**{k: v / steps_per_epoch for k, v in sums.items()},
                   "train_acc": correct / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
                   "seconds": times["seconds"]}
-        if len(test_idx) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            logits_test = predict(modules, waves, test_idx, prep.teacher_frames)
-            t = dataset.targets[test_idx]
-            record["test_acc"] = float((logits_test.argmax(1) == t).mean())
-            record["test_loss"] = float(F.cross_entropy(torch.from_numpy(logits_test),
-                                                        torch.from_numpy(t)))
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            if len(val_idx):
+                record.update(split_figures(modules, prep, val_idx, "val"))
+                if best is None or record["val_acc"] > best["val_acc"]:
+                    best = {"epoch": epoch, "val_acc": record["val_acc"],
+                            "model_state": {k: v.clone() for k, v in
+                                            student.state_dict().items()}}
+            if cfg.test_curve and len(test_idx):  # for plots and papers' protocols only
+                record.update(split_figures(modules, prep, test_idx, "test"))
         con = f"  contrastive {record['contrastive']:.4f}" if "contrastive" in record else ""
+        test_part = "  test acc {test}" if cfg.test_curve else ""
         ep.finish(record, history, lambda k, r: save(k, {"last_epoch": r}),
-                  EPOCH_LINE.replace("{con}", con))
+                  EPOCH_LINE.replace("{con}", con).replace("{test_part}", test_part))
         if ep.stop:
             return {"stopped_after_epoch": epoch}
 
-    return finish(cfg, run, modules, prep, history, train_seconds, save)
+    return finish(cfg, run, modules, prep, history, train_seconds, save, best)
+
+
+def split_figures(modules: RunModules, prep: Prepared, indices: np.ndarray, name: str) -> dict:
+    """``{name}_acc`` and ``{name}_loss`` (cross-entropy) of the student on whole clips."""
+    logits = predict(modules, prep.waves, indices, prep.teacher_frames)
+    t = prep.dataset.targets[indices]
+    return {f"{name}_acc": float((logits.argmax(1) == t).mean()),
+            f"{name}_loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(t)))}
 
 
 def finish(cfg: TrainConfig, run: RunFolder, modules: RunModules, prep: Prepared,
-           history: list, train_seconds: float, save) -> dict:
-    """The final held-out report, costs, plots and ``metrics.json`` of a trained run."""
+           history: list, train_seconds: float, save, best: dict | None) -> dict:
+    """The selected epoch's weights (best validation accuracy, or the last epoch), its test
+    figures (the first and only time the test split decides nothing), costs, plots and
+    ``metrics.json``."""
     dataset = prep.dataset
     labels = dataset.labels
     student = modules.student
+    last_state = None
+    selected = cfg.epochs
+    if cfg.select == "best" and best is not None and best["epoch"] != cfg.epochs:
+        last_state = {k: v.clone() for k, v in student.state_dict().items()}
+        student.load_state_dict(best["model_state"])
+        selected = best["epoch"]
     metrics: dict = {"labels": labels, "student": cfg.student, "epochs": cfg.epochs,
-                     "test_fold": cfg.fold, "n_train": int(len(prep.train_idx)),
+                     "test_fold": cfg.fold, "splits": describe_splits(cfg, prep),
+                     "selected_epoch": selected,
+                     "selection": ("the last epoch" if best is None or cfg.select == "last"
+                                   else "the best validation accuracy"),
+                     "validation_accuracy": best["val_acc"] if best else None,
+                     "n_train": int(len(prep.train_idx)), "n_validation": int(len(prep.val_idx)),
                      "n_test": int(len(prep.test_idx))}
     if len(prep.test_idx):
         logits = predict(modules, prep.waves, prep.test_idx, prep.teacher_frames)
@@ -250,7 +305,7 @@ def finish(cfg: TrainConfig, run: RunFolder, modules: RunModules, prep: Prepared
         "params": count_params(student.network),
         "params_frontend": count_params(student.frontend),
         "macs_per_second": {k: int(v) for k, v in macs.items()},
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(train_seconds, 3),
         "crop_seconds": prep.crop_samples / student.frontend.spec.sample_rate,
         "teachers": prep.teacher_info, "reg": cfg.reg, "alpha": cfg.resolved_alpha(),
         "method": cfg.method, "kd": prep.kd_info,
@@ -266,11 +321,13 @@ def finish(cfg: TrainConfig, run: RunFolder, modules: RunModules, prep: Prepared
     plot_curves(history, run.out_dir / "curves.png",
                 f"{cfg.student} reg={cfg.reg} teachers={'+'.join(cfg.teachers) or '-'}"
                 f" kd={cfg.kd}")
-    save(cfg.epochs, {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics})
+    save(cfg.epochs, {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics},
+         last_state)
     run.write_json("metrics.json", metrics)
     acc = metrics.get("accuracy")
-    run.log(f"done: held-out accuracy {acc:.4f} ({metrics['n_test']} clips), "
-            f"{train_seconds / 60:.1f} min" if acc is not None else "done")
+    run.log(f"done: epoch {selected} kept ({metrics['selection']}); test accuracy {acc:.4f} "
+            f"({metrics['n_test']} clips), {train_seconds / 60:.1f} min"
+            if acc is not None else f"done: epoch {selected} kept ({metrics['selection']})")
     return metrics
 
 

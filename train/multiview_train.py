@@ -42,7 +42,7 @@ from .blending import plot_weights
 from .checkpoint import save_checkpoint
 from .config import Settings
 from .data import (clip_batches, drop_items, load_dataset, load_waveforms, make_crops,
-                   require_classes, split_indices)
+                   require_classes, split_indices, validation_split)
 from .evaluation import classification_report
 from .multiview import MultiViewNet, MultiViewObjective, describe_costs, self_ensemble
 from .plots import plot_confusion, plot_curves
@@ -115,21 +115,6 @@ class MultiViewConfig(Settings):
         if not 0.0 < self.val_fraction < 1.0:
             raise MultiViewTrainError("val_fraction must be in (0, 1)")
 
-
-
-def blend_validation_split(targets: np.ndarray, train_idx: np.ndarray, fraction: float,
-                           seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, validation) inside the training items: ``fraction`` of every class (at least one
-    clip where a class has two or more), seeded."""
-    rng = np.random.default_rng([seed, 6007])
-    val = []
-    for c in np.unique(targets[train_idx]):
-        idx = train_idx[targets[train_idx] == c]
-        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
-        if k > 0:
-            val.append(rng.choice(idx, size=k, replace=False))
-    val = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
-    return np.setdiff1d(train_idx, val), val
 
 
 @torch.no_grad()
@@ -206,9 +191,10 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
     dataset, waves = drop_items(dataset, waves, bad)  # labels stay: an emptied class raises
     targets = dataset.targets
     all_train, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
-                                        val_fraction=cfg.test_fraction,
+                                        test_fraction=cfg.test_fraction,
                                         train_fraction=cfg.train_fraction)
-    train_idx, val_idx = blend_validation_split(targets, all_train, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = validation_split(dataset, all_train, fraction=cfg.val_fraction,
+                                          seed=cfg.seed)
     run.write_json("data_report.json",
                    {**dataset.report(), "train_items": int(len(train_idx)),
                     "blend_validation_items": int(len(val_idx)),
@@ -319,7 +305,7 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
                   lambda k, r: save(k, {"last_epoch": {n: v for n, v in r.items()
                                                        if n != "weights"}}),
                   "epoch {epoch:3d}  loss {loss:.4f}  train acc {train_acc:.3f}  "
-                  "held-out acc {held_out}  ({seconds:.0f} s)")
+                  "held-out acc {test}  ({seconds:.0f} s)")
         if ep.stop:
             return {"stopped_after_epoch": epoch}
 

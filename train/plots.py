@@ -21,15 +21,17 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
         values = [h.get(key) for h in history]
         if any(v for v in values):
             ax1.plot(epochs, values, label=key)
-    test_loss = [h.get("test_loss") for h in history]
-    if any(v is not None for v in test_loss):
-        ax1.plot([e for e, v in zip(epochs, test_loss) if v is not None],
-                 [v for v in test_loss if v is not None], "--", label="held-out CE")
+    for key, label in (("val_loss", "validation CE"), ("test_loss", "test CE")):
+        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            ax1.plot(*zip(*points), "--", label=label)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
     ax2.plot(epochs, [h.get("train_acc") for h in history], label="train (mixed batches)")
-    test = [(h["epoch"], h["test_acc"]) for h in history if h.get("test_acc") is not None]
-    if test:
-        ax2.plot(*zip(*test), label="held out")
+    for key, label in (("val_acc", "validation (chooses the epoch)"),
+                       ("test_acc", "test (reporting only)")):
+        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            ax2.plot(*zip(*points), label=label)
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.set_ylim(0, 1)
     ax2.legend(), ax2.grid(alpha=0.3)
     fig.suptitle(title)

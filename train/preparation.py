@@ -22,7 +22,7 @@ from .cache import CacheStats, EmbeddingCache, teacher_features
 from .config import TrainConfig
 from .data import (UNLABELED_REST, Dataset, DatasetError, Item, drop_items, frames_covering,
                    load_dataset, load_waveforms, require_classes, select_classes,
-                   split_indices, unlabeled_items)
+                   split_indices, unlabeled_items, validation_split)
 from .losses import DistillationTarget, fit_crossfit_probes
 from .progress import progress_bar
 from .run import log_line
@@ -95,6 +95,7 @@ class Prepared:
     waves: list
     train_idx: np.ndarray
     test_idx: np.ndarray
+    val_idx: np.ndarray                  # inside the training folds; every choice is made here
     crop_samples: int
     teacher_frames: list | None          # per item, the regulariser's teachers' frames
     teacher_info: dict | None
@@ -124,8 +125,10 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
                                     progress=progress)
         dataset, waves = drop_items(dataset, waves, bad)
     train_idx, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
-                                        val_fraction=cfg.val_fraction,
+                                        test_fraction=cfg.test_fraction,
                                         train_fraction=cfg.train_fraction)
+    train_idx, val_idx = validation_split(dataset, train_idx, fold=cfg.validation_fold,
+                                          fraction=cfg.validation_fraction, seed=cfg.seed)
     longest = max(len(w) for w in waves) / rate
     crop_s = cfg.crop_seconds if cfg.crop_seconds else min(4.0, longest)
     crop_samples = int(round(crop_s * rate))
@@ -176,7 +179,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
             log_line(out_dir, f"probe on {'+'.join(kd_desc['teachers'])}: C={probes.c:g}, "
                               f"out-of-fold train acc {probes.oof_accuracy:.3f}, held-out acc "
                               f"{test_acc:.3f}")
-    prep = Prepared(dataset, waves, train_idx, test_idx, crop_samples, teacher_frames,
+    prep = Prepared(dataset, waves, train_idx, test_idx, val_idx, crop_samples, teacher_frames,
                     teacher_info, kd_target, kd_frames, kd_info, stats.as_dict())
     if cfg.kd_mixtures > 0:
         prepare_mixtures(prep, cfg, clips, rate, cache, stats, get_teacher, progress)
@@ -199,8 +202,12 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
 def unlabeled_pool(cfg: TrainConfig, dataset: Dataset) -> tuple[list[Item], int]:
     """The items of the contrastive pool and how many held-out clips were left out of it (an
     unlabeled folder may hold the evaluation clips: they never train the student)."""
-    _, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed, val_fraction=cfg.val_fraction)
-    held_out = {os.path.realpath(dataset.items[i].path) for i in test_idx}
+    train_idx, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
+                                        test_fraction=cfg.test_fraction)
+    _, val_idx = validation_split(dataset, train_idx, fold=cfg.validation_fold,
+                                  fraction=cfg.validation_fraction, seed=cfg.seed)
+    held_out = {os.path.realpath(dataset.items[i].path)
+                for i in np.concatenate([test_idx, val_idx])}
     held_out_fold = (dataset.items[test_idx[0]].fold
                      if dataset.has_folds and len(test_idx) else None)
     rest = load_run_dataset(cfg)[1] if UNLABELED_REST in cfg.unlabeled else None

@@ -129,15 +129,16 @@ class Epoch:
     def finish(self, record: dict, history: list, save: Callable[[int, dict], None],
                line: str) -> dict:
         """Append ``{"epoch": k, **record}`` to ``history``, ``save(epoch, record)`` (the
-        checkpoint), log ``line`` (a format string over the record's keys, plus ``held_out``
-        and ``label``)."""
+        checkpoint), log ``line`` (a format string over the record's keys, plus ``label`` and
+        ``val`` / ``test``: the validation and test accuracy, "-" in epochs without them)."""
         if self.bar is not None:
             self.training_done()
         record = {"epoch": self.epoch, **record}
         history.append(record)
         save(self.epoch, record)
-        held_out = f"{record['test_acc']:.3f}" if "test_acc" in record else "-"
-        self.loop.run.log(line.format(**record, held_out=held_out, label=self.loop.label))
+        shown = {name: f"{record[key]:.3f}" if key in record else "-"
+                 for name, key in (("val", "val_acc"), ("test", "test_acc"))}
+        self.loop.run.log(line.format(**record, **shown, label=self.loop.label))
         return record
 
     @property

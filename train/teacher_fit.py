@@ -156,7 +156,7 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
     dataset, waves = drop_items(dataset, waves, bad)
     targets = dataset.targets
     train_idx, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
-                                        val_fraction=cfg.test_fraction,
+                                        test_fraction=cfg.test_fraction,
                                         train_fraction=cfg.train_fraction)
     longest = max(len(w) for w in waves)
     crop_samples = int(round(cfg.crop_seconds * rate)) if cfg.crop_seconds else longest
@@ -292,7 +292,7 @@ def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, l
             record["eval_cpu_seconds"] = round(time.process_time() - cpu_eval, 2)
         ep.finish(record, history, save,
                   "{label}epoch {epoch:3d}  loss {loss:.4f}  train acc {train_acc:.3f}  "
-                  "held-out acc {held_out}  ({seconds:.0f} s)")
+                  "held-out acc {test}  ({seconds:.0f} s)")
         if ep.stop:
             raise _Stopped(epochs_run + ep.epoch - start_epoch)
     if test_probs is None and len(test_idx):  # resumed after the last epoch's checkpoint

@@ -37,7 +37,7 @@ def test_the_default_model_recipe_means_the_flags_it_replaced():
                                {"data": "esc50", "fold": 1})
     assert cfg == TrainConfig(data="esc50", layout="esc50", fold=1, student="small", epochs=40,
                               seed=0, eval_every=5, teachers=["yamnet", "efficientat"],
-                              reg="con", kd=0.7)
+                              reg="con", kd=0.7, validation_fraction=0.0, test_curve=True)
 
 
 def test_command_line_wins_over_the_file_and_the_file_over_defaults(tmp_path):

@@ -186,12 +186,15 @@ def test_during_warm_up_a_contrastive_run_is_the_plain_run(labeled_csv, unlabele
 
 
 def test_held_out_clips_never_join_the_unlabeled_pool(labeled_csv, tmp_path):
-    # the labeled CSV itself as the unlabeled pool: its fold-2 (held-out) clips are left out
+    # the labeled CSV itself as the unlabeled pool: its fold-2 (test) clips and the
+    # validation clips are left out
     cfg = tiny_config(labeled_csv, epochs=2, contrastive=True, unlabeled=[str(labeled_csv)],
                       contrastive_warmup=0)
     metrics = run(cfg, tmp_path / "r")
-    assert metrics["contrastive"]["unlabeled"]["items"] == 6
-    assert metrics["contrastive"]["unlabeled"]["held_out_clips_left_out"] == 6
+    held_out = metrics["n_test"] + metrics["n_validation"]
+    assert metrics["n_test"] == 6 and metrics["n_validation"] > 0
+    assert metrics["contrastive"]["unlabeled"]["items"] == 12 - held_out
+    assert metrics["contrastive"]["unlabeled"]["held_out_clips_left_out"] == held_out
 
 
 def test_fixed_steps_per_epoch_cycle_through_a_small_labeled_set(labeled_csv, unlabeled_dir,

@@ -12,7 +12,7 @@ pytest.importorskip("torch", reason="the train room needs torch")
 
 from edgeaudio.train.data import (  # noqa: E402
     DatasetError, drop_items, frames_covering, load_dataset, load_waveforms, make_crops,
-    parse_folds, require_classes, split_indices)
+    parse_folds, require_classes, split_indices, validation_split)
 
 from ..conftest import ESC50  # noqa: E402
 
@@ -164,9 +164,9 @@ def test_waveforms_come_at_the_students_rate_mono(tmp_path):
 
 def test_splits_without_folds_are_stratified_and_seeded(tmp_path):
     ds = load_dataset(make_folder(tmp_path / "data", per_class=10))
-    train, test = split_indices(ds, None, seed=3, val_fraction=0.2)
+    train, test = split_indices(ds, None, seed=3, test_fraction=0.2)
     assert len(test) == 4 and sorted(ds.targets[test].tolist()) == [0, 0, 1, 1]
-    again = split_indices(ds, None, seed=3, val_fraction=0.2)
+    again = split_indices(ds, None, seed=3, test_fraction=0.2)
     assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
     small, _ = split_indices(ds, None, seed=3, train_fraction=0.25)
     assert len(small) == 4 and set(small) <= set(train)
@@ -238,3 +238,24 @@ def test_the_real_esc50(esc50):
     assert (len(train), len(test)) == (1600, 400)
     tenth, _ = split_indices(ds, 1, train_fraction=0.1)
     assert len(tenth) == 150 and np.bincount(ds.targets[tenth]).tolist() == [3] * 50
+
+
+def test_the_validation_split_is_stratified_inside_training_or_a_given_fold(tmp_path):
+    root = make_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=10)
+    ds = load_dataset(root)
+    targets = ds.targets
+    train = np.arange(30)[np.arange(30) % 10 != 0]   # 9 per class
+    fit, val = validation_split(ds, train, fraction=0.2, seed=0)
+    assert len(np.intersect1d(fit, val)) == 0 and set(fit) | set(val) == set(train)
+    assert [int((targets[val] == c).sum()) for c in range(3)] == [2, 2, 2]
+    assert np.array_equal(validation_split(ds, train, fraction=0.2, seed=0)[1], val)
+    assert len(validation_split(ds, train, fraction=0.0)[1]) == 0
+    rows = [(f"{c}/{c}{i}.wav", c, i % 3 + 1) for c in ("a", "b", "c") for i in range(10)]
+    folded = load_dataset(write_csv(tmp_path / "data" / "labels.csv", rows))
+    train, test = split_indices(folded, 3)
+    fit, val = validation_split(folded, train, fold=2)
+    assert {folded.items[i].fold for i in val} == {2} and {folded.items[i].fold for i in fit} == {1}
+    with pytest.raises(DatasetError, match="is the test fold"):
+        validation_split(folded, train, fold=3)
+    with pytest.raises(DatasetError, match="not in"):
+        validation_split(folded, train, fold=7)

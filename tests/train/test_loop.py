@@ -113,7 +113,9 @@ def test_a_run_folder_holds_the_checkpoint_contract_and_the_reports(toy_csv, tmp
     assert saved["teachers"]["teachers"] == ["yamnet"] and saved["reg"] == "dis"
     assert saved["alpha"] == 1.0
     report = json.loads((out / "data_report.json").read_text())
-    assert report["train_items"] == 12 and report["test_items"] == 12
+    # 10 % of the training clips of every class (at least one) validate, the test fold is 2
+    assert report["train_items"] == 9 and report["validation_items"] == 3
+    assert report["test_items"] == 12 and report["splits"]["test"] == "fold 2"
     assert report["cache"]["miss"] == 24
     # the same teacher again: all from the cache
     run(cfg, tmp_path / "r2", tmp_path, fakes)
@@ -229,3 +231,43 @@ def test_planned_mixtures_are_seeded_and_labelled_by_the_teacher_itself(toy_csv,
                            atol=1e-5)
     metrics = run(cfg, tmp_path / "mix", tmp_path, fakes)
     assert metrics["history"][-1]["kd"] > 0
+
+
+def test_the_validation_split_chooses_the_epoch_and_the_test_split_is_scored_once(
+        toy_csv, tmp_path, fakes):
+    cfg = toy_config(toy_csv, epochs=4, validation_fraction=0.25)
+    metrics = run(cfg, tmp_path / "best", tmp_path, fakes)
+    history = metrics["history"]
+    vals = [h["val_acc"] for h in history]
+    assert all("test_acc" not in h for h in history)  # the test split decides nothing
+    assert metrics["selected_epoch"] == 1 + int(np.argmax(vals))  # the first of the best
+    assert metrics["validation_accuracy"] == max(vals) and metrics["n_validation"] == 3
+    ckpt = load_checkpoint(tmp_path / "best")
+    if metrics["selected_epoch"] != cfg.epochs:  # the file holds the chosen epoch's weights
+        last = ckpt["train_state"]["last_model_state"]
+        assert any(not torch.equal(v, last[k]) for k, v in ckpt["model_state"].items())
+    assert evaluate_run(tmp_path / "best", progress=False)["accuracy"] == metrics["accuracy"]
+    # the last epoch on request; the test curve only when asked, for reporting
+    kept = run(toy_config(toy_csv, epochs=2, select="last", test_curve=True),
+               tmp_path / "last", tmp_path, fakes)
+    assert kept["selected_epoch"] == 2 and all("test_acc" in h for h in kept["history"])
+    none = run(toy_config(toy_csv, epochs=1, validation_fraction=0.0), tmp_path / "none",
+               tmp_path, fakes)
+    assert none["n_validation"] == 0 and none["selection"] == "the last epoch"
+
+
+def test_a_validation_fold_of_the_data_validates(toy_csv, tmp_path, fakes):
+    import shutil
+    # the toy clips in three folds: 1 train, 2 test, 3 validation
+    three = tmp_path / "three.csv"
+    rows = toy_csv.read_text().splitlines()
+    out = [rows[0]] + [f"{r.rsplit(',', 1)[0]},{3 if i % 4 == 3 else r.rsplit(',', 1)[1]}"
+                       for i, r in enumerate(rows[1:])]
+    for name in {r.split(",")[0] for r in rows[1:]}:
+        shutil.copy(toy_csv.parent / name, tmp_path / name)
+    three.write_text("\n".join(out) + "\n")
+    metrics = run(toy_config(three, epochs=1, validation_fold=3), tmp_path / "r", tmp_path,
+                  fakes)
+    assert metrics["splits"]["validation"] == "fold 3" and metrics["n_validation"] == 6
+    with pytest.raises(TrainError, match="is the test --fold"):
+        run(toy_config(three, validation_fold=2), tmp_path / "x", tmp_path, fakes)

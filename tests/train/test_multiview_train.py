@@ -12,8 +12,7 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch", reason="the train room needs torch")
 
 from edgeaudio.cli import main  # noqa: E402
-from edgeaudio.train.multiview_train import (MultiViewConfig, blend_validation_split,  # noqa: E402
-                                             train_multiview)
+from edgeaudio.train.multiview_train import MultiViewConfig, train_multiview  # noqa: E402
 
 from ..conftest import esc50_clip, esc50_rows  # noqa: E402
 
@@ -104,12 +103,3 @@ def test_resume_gives_the_uninterrupted_run(small_csv, tmp_path):
     # concatenation fusion trains the joint head alone: no blending, no view heads
     concat = train_multiview(config("none"), tmp_path / "concat", progress=False)
     assert "blending" not in concat and set(concat["accuracy_by_readout"]["heads"]) == {"joint"}
-
-
-def test_blend_validation_split_is_stratified_and_inside_training():
-    import numpy as np
-    targets = np.repeat(np.arange(3), 10)
-    train = np.arange(30)[np.arange(30) % 10 != 0]   # 9 per class
-    fit, val = blend_validation_split(targets, train, 0.2, seed=0)
-    assert len(np.intersect1d(fit, val)) == 0 and set(fit) | set(val) == set(train)
-    assert [int((targets[val] == c).sum()) for c in range(3)] == [2, 2, 2]

@@ -62,7 +62,7 @@ def draws(run, start_epoch, stop_after=None):
         seen[ep.epoch] = (ep.rng.integers(0, 10**9), float(torch.rand(1)))
         ep.check_finite(torch.tensor(1.0), 0)
         ep.finish({"loss": 0.5, **ep.training_done()}, history, lambda k, r: None,
-                  "epoch {epoch} loss {loss} held-out {held_out}")
+                  "epoch {epoch} loss {loss} held-out {test}")
         if ep.stop:
             break
     return seen, history
