@@ -39,6 +39,7 @@ from edgeaudio.frontend import FrontendSpec, encode_matrix
 
 from .frontend import TorchFrontend
 from .harmonic import C1_HZ, HarmonicFilterbank
+from .mn_student import MN_STUDENTS, build_mn_student, is_mn_student, mn_frontend_settings
 
 DEFAULT_FRONTEND = {
     "sample_rate": 16000, "n_fft": 1024, "win_length": 512, "hop_length": 320,
@@ -235,6 +236,8 @@ class HarmonicStudent(nn.Module):
 
 def student_frontend_settings(name: str, **overrides) -> dict:
     """The front-end settings a student of size ``name`` uses, with ``overrides`` applied."""
+    if is_mn_student(name):  # the EfficientAT-style family (edgeaudio.train.mn_student)
+        return mn_frontend_settings(name, **overrides)
     config = _config(name)
     unknown = set(overrides) - set(DEFAULT_FRONTEND)
     if unknown:
@@ -245,7 +248,10 @@ def student_frontend_settings(name: str, **overrides) -> dict:
 
 def build_student(name: str, n_classes: int, **frontend_settings) -> HarmonicStudent:
     """A fresh student of size ``name`` (see ``list_students()``); keyword arguments override
-    ``DEFAULT_FRONTEND`` (sample_rate, n_fft, win_length, hop_length, n_semitones, ...)."""
+    ``DEFAULT_FRONTEND`` (sample_rate, n_fft, win_length, hop_length, n_semitones, ...).
+    An mn student (``MN_STUDENTS``) is built by ``edgeaudio.train.mn_student``."""
+    if is_mn_student(name):
+        return build_mn_student(name, n_classes, **frontend_settings)
     config = _config(name)
     settings = student_frontend_settings(name, **frontend_settings)
     filterbank = HarmonicFilterbank(settings["sample_rate"], settings["n_fft"],
@@ -265,11 +271,13 @@ def count_params(module: nn.Module) -> int:
 
 
 def list_students(n_classes: int = 50) -> list[dict]:
-    """Name, deployed parameter count (network only, for ``n_classes``) and description."""
+    """Name, family, deployed parameter count (network only, for ``n_classes``) and
+    description: the harmonic students, then the mn students."""
     rows = []
-    for name, config in STUDENTS.items():
+    for name, config in [*STUDENTS.items(), *MN_STUDENTS.items()]:
         student = build_student(name, n_classes)
-        rows.append({"name": name, "params": count_params(student.network),
+        rows.append({"name": name, "family": "mn" if is_mn_student(name) else "harmonic",
+                     "params": count_params(student.network),
                      "embedding_dim": student.network.embedding_dim,
                      "n_bins": student.network.n_bins, "description": config.description})
     return rows

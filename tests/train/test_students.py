@@ -45,7 +45,7 @@ def test_won2020_reference_has_the_published_size():
 
 
 def test_list_students_names_sizes_in_order():
-    rows = list_students(N_CLASSES)
+    rows = [r for r in list_students(N_CLASSES) if r["family"] == "harmonic"]
     assert [r["name"] for r in rows] == list(STUDENTS) == ["tiny", "small", "base", "won2020"]
     params = [r["params"] for r in rows]
     assert params == sorted(params)

@@ -201,7 +201,7 @@ class InvertedResidual(nn.Module):
 
 
 # MobileNetV3-Large at width 1.0: input, kernel, expanded, output, SE, hardswish, stride.
-_MOBILENET_V3_LARGE = [
+MOBILENET_V3_LARGE = [
     (16, 3, 16, 16, False, False, 1),
     (16, 3, 64, 24, False, False, 2),
     (24, 3, 72, 24, False, False, 1),
@@ -228,12 +228,12 @@ class MobileNetV3Audio(nn.Module):
         def channels(width_one: int) -> int:
             return make_divisible(width_one * width_mult, 8)
 
-        first_out = channels(_MOBILENET_V3_LARGE[0][0])
+        first_out = channels(MOBILENET_V3_LARGE[0][0])
         layers = [ConvNormActivation(1, first_out, 3, stride=2, activation=nn.Hardswish)]
-        for in_ch, kernel, expanded, out_ch, use_se, use_hs, stride in _MOBILENET_V3_LARGE:
+        for in_ch, kernel, expanded, out_ch, use_se, use_hs, stride in MOBILENET_V3_LARGE:
             layers.append(InvertedResidual(channels(in_ch), kernel, channels(expanded),
                                            channels(out_ch), use_se, use_hs, stride))
-        last_in = channels(_MOBILENET_V3_LARGE[-1][3])
+        last_in = channels(MOBILENET_V3_LARGE[-1][3])
         self.feature_dim = 6 * last_in
         layers.append(ConvNormActivation(last_in, self.feature_dim, 1, activation=nn.Hardswish))
         self.features = nn.Sequential(*layers)
