@@ -282,8 +282,11 @@ def listen(model, device, input_path, fast, rate, threshold, patience, smooth, h
     else:
         make_source = lambda: Microphone(device, preferred_rate=m.sample_rate)  # noqa: E731
     source = make_source()
-    engine = m.stream(hop_seconds=hop_seconds, smooth=smooth, threshold=threshold,
-                      patience=patience, gate_db=gate_db, input_rate=source.rate)
+    try:
+        engine = m.stream(hop_seconds=hop_seconds, smooth=smooth, threshold=threshold,
+                          patience=patience, gate_db=gate_db, input_rate=source.rate)
+    except ValueError as exc:  # settings the model cannot serve (a hop below one frame, ...)
+        fail(str(exc))
     view = LiveView(top_k, as_json)
     listener = Listener(engine, on_event=view.event, on_hop=view.hop,
                         on_notice=lambda message: view.notice(f"warning: {message}"))

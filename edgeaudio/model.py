@@ -1,7 +1,6 @@
 """Model: a self-describing model file plus a backend; classify clips, open streams."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -13,7 +12,7 @@ from .backends import open_backend
 from .errors import ModelFileError
 from .frontend import Frontend
 from .modelfile import read_model_bytes
-from .windows import hop_samples, iter_windows, window_starts
+from .windows import checked_hop_seconds, hop_samples, iter_windows, window_starts
 
 DEFAULT_MODEL_NAME = "esc50-student.int8.tflite"  # recipes/esc50_default_model.sh; MODEL_CARD.md
 
@@ -140,15 +139,9 @@ class Model:
     def classify_hop(self, hop_seconds: float | None = None) -> int:
         """``classify``'s hop in samples: the model's, or ``hop_seconds``; refused below one
         front-end frame (finer hops only repeat nearly equal windows, at any cost)."""
-        seconds = self.info.hop_seconds if hop_seconds is None else hop_seconds
-        frame = self.info.frontend.hop_length
-        try:
-            seconds = float(seconds)
-        except (TypeError, ValueError):
-            seconds = math.nan
-        if not math.isfinite(seconds) or seconds * self.sample_rate < frame:
-            raise ValueError(f"hop_seconds {hop_seconds!r}: must be at least one front-end "
-                             f"frame ({frame / self.sample_rate:g} s)")
+        seconds = checked_hop_seconds(self.info.hop_seconds if hop_seconds is None
+                                      else hop_seconds, self.sample_rate,
+                                      self.info.frontend.hop_length)
         return hop_samples(seconds, self.sample_rate)
 
     def stream(self, **settings):

@@ -16,7 +16,6 @@ began no earlier), its ``t_end`` the end of the last window that still scored ab
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import soxr
 
 from .audio import check_finite, check_sample_rate, to_mono
 from .modelfile import DEFAULT_STREAM_SETTINGS
+from .windows import checked_hop_seconds
 
 
 @dataclass
@@ -63,10 +63,9 @@ class Stream:
         d = model.info.stream
         self.model = model
         self.rate = model.sample_rate
-        wanted = float(hop_seconds if hop_seconds is not None else d["hop_seconds"])
-        if not math.isfinite(wanted) or wanted <= 0:
-            raise ValueError(f"hop_seconds must be a positive number of seconds, not {wanted}")
         frame_hop = model.info.frontend.hop_length
+        wanted = checked_hop_seconds(hop_seconds if hop_seconds is not None else d["hop_seconds"],
+                                     self.rate, frame_hop)
         self.frames_per_hop = max(1, int(round(wanted * self.rate / frame_hop)))
         self.hop = self.frames_per_hop * frame_hop
         self.hop_seconds = self.hop / self.rate

@@ -20,6 +20,8 @@ Only a clip shorter than the window is ever padded.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -73,6 +75,20 @@ def cut_windows(wave: np.ndarray, window: int, hop: int) -> np.ndarray:
     """The windows of a mono ``wave`` on the grid above: ``[windows, window]`` float32, the
     only padded case (a wave shorter than the window) zero-padded at the end."""
     return np.stack(list(iter_windows([wave], window, hop)))
+
+
+def checked_hop_seconds(hop_seconds, sample_rate: int, frame_hop: int) -> float:
+    """``hop_seconds`` as seconds, refused (ValueError) unless it is a finite number of at
+    least one front-end frame (``frame_hop`` samples): finer hops only repeat nearly equal
+    windows, at any cost."""
+    try:
+        seconds = float(hop_seconds)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds * sample_rate < frame_hop:
+        raise ValueError(f"hop_seconds {hop_seconds!r}: must be at least one front-end frame "
+                         f"({frame_hop / sample_rate:g} s)")
+    return seconds
 
 
 def hop_samples(hop_seconds: float, sample_rate: int) -> int:

@@ -241,6 +241,16 @@ def test_listen_stdin_rate_outside_what_can_be_served_exit_2(rate):
     assert len(errors) == 1 and f"sample rate {rate} Hz is outside" in errors[0], r.stderr
 
 
+def test_listen_hop_below_one_frame_exit_2():
+    # the bundled model's front end hops 20 ms: a 10 ms stream hop is below one frame
+    r = subprocess.run([sys.executable, "-m", "edgeaudio", "listen", "--input",
+                        str(REPO / "examples" / "dog.flac"), "--fast", "--hop", "0.01"],
+                       capture_output=True, timeout=30, cwd=REPO)
+    assert r.returncode == 2, r.stderr
+    errors = error_lines(r.stderr.decode())
+    assert len(errors) == 1 and "at least one front-end frame" in errors[0], r.stderr
+
+
 def test_sigterm_ends_listen_like_ctrl_c(esc50, tmp_path):
     """systemd and Docker stop with SIGTERM: the open event is closed and the summary printed."""
     audio, rate = sf.read(esc50_clip(DOG), dtype="float32")

@@ -137,6 +137,10 @@ def test_cached_feature_frames_equal_a_full_recompute(model, esc50):
     assert stream.n_inferences == (len(x) - hop) // hop + (1 if (len(x) - hop) % hop else 0)
 
 
-def test_hop_snaps_to_whole_frames(model):
+def test_hop_snaps_to_whole_frames_and_one_frame_is_the_least(model):
     assert model.stream(hop_seconds=0.2549).hop_seconds == pytest.approx(0.25)
-    assert model.stream(hop_seconds=0.001).hop == 160  # at least one frame
+    frame = model.info.frontend.hop_length / model.sample_rate
+    assert model.stream(hop_seconds=frame).hop == model.info.frontend.hop_length
+    for hop in (1e-6, 0.5 * frame, 0.0, -1.0, float("nan"), "fast"):
+        with pytest.raises(ValueError, match="at least one front-end frame"):
+            model.stream(hop_seconds=hop)
