@@ -14,8 +14,11 @@ given with ``--data`` / ``--test-fold``; ``--calibration-data`` points at any fo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from .errors import CalibrationError, ExportError, write_file
 from .writers import FORMATS, file_name, prepare_output_dir
 
 log = logging.getLogger("edgeaudio.export")
+LOG_NAME = "export.log"
 
 @dataclass
 class DataPlan:
@@ -241,6 +245,50 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     return result
 
 
+def _writes_to_fd(stream, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def third_party_output_to(log_path):
+    """Everything written to the process's stdout and stderr file descriptors while inside
+    (the converters' native log lines, third-party Python warnings and loggers) goes to
+    ``log_path`` instead of the user's terminal. Yields a stream on the terminal's stderr for
+    what the user should see; edgeaudio's own warnings stay on it too."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    on_terminal = _writes_to_fd(sys.stderr, 2)
+    # under a test runner sys.stderr is no file descriptor: it is already out of the terminal
+    terminal = os.fdopen(os.dup(saved[2]), "w", buffering=1) if on_terminal else sys.stderr
+    ours = logging.getLogger("edgeaudio")
+    handler = logging.StreamHandler(terminal)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    propagate = ours.propagate
+    try:
+        with open(log_path, "wb") as log_file:
+            for fd in saved:
+                os.dup2(log_file.fileno(), fd)
+            ours.addHandler(handler)
+            ours.propagate = False
+            try:
+                yield terminal
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+    finally:
+        ours.removeHandler(handler)
+        ours.propagate = propagate
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        if terminal is not sys.stderr:
+            terminal.close()
+
+
 @click.command("export")
 @click.argument("run", type=click.Path(exists=False))
 @click.option("--format", "-f", "formats", multiple=True, type=click.Choice(FORMATS),
@@ -289,16 +337,21 @@ def export_command(run, formats, int8, calibration, calibration_data, data, test
       edgeaudio export runs/mine/checkpoint.pt --int8 --calibration-data clips/ --no-report
       edgeaudio classify --model models/model.int8.tflite dog.wav
     """
-    def echo(msg):
-        click.echo(msg, err=True)
+    log_path = prepare_output_dir(out) / LOG_NAME
+    with third_party_output_to(log_path) as terminal:
+        def echo(msg):
+            click.echo(msg, file=terminal)
+            if terminal is not sys.stderr:
+                print(msg, file=sys.stderr)  # into the log too, for context
 
-    result = export_checkpoint(run, out, formats or FORMATS, int8, calibration, data=data,
-                               window_seconds=window,
-                               test_fold=test_fold, calibration_data=calibration_data,
-                               eval_data=eval_data, qat_epochs=qat_epochs,
-                               qat_threshold=qat_threshold, name=name, stem=stem,
-                               report=not no_report, max_eval_clips=max_eval_clips,
-                               tflm=not no_tflm, echo=echo)
+        result = export_checkpoint(run, out, formats or FORMATS, int8, calibration, data=data,
+                                   window_seconds=window,
+                                   test_fold=test_fold, calibration_data=calibration_data,
+                                   eval_data=eval_data, qat_epochs=qat_epochs,
+                                   qat_threshold=qat_threshold, name=name, stem=stem,
+                                   report=not no_report, max_eval_clips=max_eval_clips,
+                                   tflm=not no_tflm, echo=echo)
+        echo(f"converters' messages: {log_path}")
     for path in list(result["files"].values()) + list(result["report_files"]):
         click.echo(str(path))
     if result["report"] is not None and result["report_files"]:

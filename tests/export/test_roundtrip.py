@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,15 +63,30 @@ def exported(tmp_path_factory, esc50):
     run = root / "run"
     train(cfg, run, progress=False, cache=EmbeddingCache(root / "cache"))
     out = root / "models"
-    result = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--format",
-                                       "tflite", "--int8", "--calibration", "100",
-                                       "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    # as a user runs it: a process of its own, its terminal output as it would appear
+    proc = subprocess.run([sys.executable, "-m", "edgeaudio", "export", str(run), "--format",
+                           "onnx", "--format", "tflite", "--int8", "--calibration", "100",
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     student, ckpt = load_student(run)
     report = json.loads((out / JSON_NAME).read_text())
     test_clips = [r for r in csv.DictReader(open(data)) if r["fold"] == "5"]
     return {"run": run, "out": out, "student": student, "ckpt": ckpt, "report": report,
-            "stdout": result.stdout, "test_clips": test_clips}
+            "stdout": proc.stdout, "stderr": proc.stderr, "test_clips": test_clips}
+
+
+def test_export_keeps_third_party_noise_out_of_the_terminal(exported):
+    """The converters' own messages (torchvision, torchao and Triton notices, absl log lines,
+    "converted in training mode") go to export.log in the output folder; the terminal shows
+    what edgeaudio did, the files it wrote and the parity report."""
+    err = exported["stderr"]
+    noise = re.compile(r"torchvision|torchao|triton|training mode|absl|^[IWEF]\d{4} ",
+                       re.IGNORECASE | re.MULTILINE)
+    assert not noise.search(err), noise.findall(err)
+    assert (exported["out"] / "export.log").is_file()
+    assert "wrote model.onnx, model.int8.onnx, model.tflite, model.int8.tflite" in err
+    assert "top-1 = torch" in err and "TensorFlow Lite Micro" in err
 
 
 def torch_clip_scores(student, info, path):
