@@ -494,16 +494,7 @@ def frontend_agreement(waves: list[np.ndarray]) -> dict:
             "value_std": float(v.std())}
 
 
-def param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def backbone_params(network: MNNetwork) -> int:
-    """Parameters before the head (EfficientAT's "backbone" figures)."""
-    return param_count(network.features)
-
-
 __all__ = ["MN_STUDENTS", "MNConfig", "MNNetwork", "MNStudent", "build_mn_student",
            "inherit_from_mn04", "initialize", "mn_frontend_spec", "mn_frontend_settings",
            "is_mn_student", "load_mn04", "audioset_student", "frontend_agreement",
-           "top_indices", "block_plans", "backbone_params"]
+           "top_indices", "block_plans", "recalibrate_batchnorm"]

@@ -12,7 +12,7 @@ from edgeaudio.audio import load_audio  # noqa: E402
 from edgeaudio.files import shared_dir  # noqa: E402
 from edgeaudio.frontend import Frontend, FrontendSpec  # noqa: E402
 from edgeaudio.train.mn_student import (MN_STUDENTS, MNConfig, MNNetwork, MNStudent,  # noqa: E402
-                                        audioset_student, backbone_params, block_plans,
+                                        audioset_student, block_plans,
                                         build_mn_student, efficientat_matrix_16k,
                                         frontend_agreement, inherit_from_mn04, mn_frontend_spec,
                                         recalibrate_batchnorm, top_indices)
@@ -56,9 +56,9 @@ def test_sizes_follow_efficientats_layout_and_fit_the_budget():
     mn02 = build_student("mn02", 50).network
     mn01 = build_student("mn01", 50).network
     # EfficientAT's own network at width 0.2 has exactly mn02's backbone
-    assert backbone_params(mn02) == count_params(MobileNetV3Audio(0.2).features) == 139_848
+    assert count_params(mn02.features) == count_params(MobileNetV3Audio(0.2).features) == 139_848
     # mn01 keeps three 8 -> 8 expand convs EfficientAT leaves out (3 x (64 + 16 BN) params)
-    assert backbone_params(mn01) == count_params(MobileNetV3Audio(0.1).features) + 3 * 80
+    assert count_params(mn01.features) == count_params(MobileNetV3Audio(0.1).features) + 3 * 80
     assert (mn02.embedding_dim, mn01.embedding_dim) == (192, 96)
     assert count_params(mn02) <= 250_000 and count_params(mn01) <= 70_000
     for name in ("mn02-short", "mn02-slim"):
