@@ -31,6 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from edgeaudio.files import atomic_write_json  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_RUNS = REPO / "runs" / "bench" / "train_esc50"
 EXPORTS = REPO / "runs" / "bench" / "accuracy"
@@ -143,8 +145,7 @@ def main():
         partial = "" if s["n_folds"] == len(FOLDS) else f" ({s['n_folds']} of {len(FOLDS)} folds)"
         print(f"| {name} | {pct(s['mean'])}{spread}{partial} | "
               + " | ".join(pct(s["per_fold"].get(k)) for k in FOLDS) + " |")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.json, result)
     print(f"wrote {args.json}")
 
 

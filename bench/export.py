@@ -47,7 +47,7 @@ from edgeaudio import Model  # noqa: E402
 from edgeaudio.audio import load_audio  # noqa: E402
 from edgeaudio.backends import BACKENDS_FOR_FORMAT, native_stderr_silenced, \
     backend_available  # noqa: E402
-from edgeaudio.files import shared_dir  # noqa: E402
+from edgeaudio.files import atomic_write_json, shared_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = shared_dir()
@@ -343,15 +343,14 @@ def main():
                 f"{k} {v:.1f}x" for k, v in r.items() if k.endswith("_x")))
         if mn04:
             print("mn04 top-3 on the audio:", mn04["top3_on_audio"])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-                                     "machine": machine(), "threads": 1,
-                                     "audio": args.audio.name, "models": str(models),
-                                     "report": report and {k: report[k] for k in (
-                                         "model", "evaluation", "torch_float",
-                                         "quantization") if k in report},
-                                     "rows": rows, "yamnet": yamnet, "mn04": mn04,
-                                     "ratios": ratios}, indent=2) + "\n")
+    atomic_write_json(args.json, {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                                  "machine": machine(), "threads": 1,
+                                  "audio": args.audio.name, "models": str(models),
+                                  "report": report and {k: report[k] for k in (
+                                      "model", "evaluation", "torch_float",
+                                      "quantization") if k in report},
+                                  "rows": rows, "yamnet": yamnet, "mn04": mn04,
+                                  "ratios": ratios})
     print(f"wrote {args.json}")
 
 

@@ -31,7 +31,6 @@ runtime.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -46,7 +45,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from edgeaudio.files import shared_dir  # noqa: E402
+from edgeaudio.files import atomic_write_json, shared_dir  # noqa: E402
 from firmware_demo import bench_frontend, tflm_check  # noqa: E402
 from firmware_demo.gen_firmware import generate  # noqa: E402
 
@@ -305,8 +304,7 @@ def main(argv=None) -> int:
                           "platform": platform.platform()},
               "load_average": os.getloadavg(),
               "frontend_audio": what, "targets": TARGETS, "rows": rows, "checks": checks}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(args.json, result, indent=1)
     print()
     print(markdown(rows))
     print(f"\nwrote {args.json}")

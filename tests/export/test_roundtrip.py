@@ -37,7 +37,7 @@ from edgeaudio.export.clips import runtime_windows  # noqa: E402
 from edgeaudio.export.report import JSON_NAME, MARKDOWN_NAME, decided_top1  # noqa: E402
 from edgeaudio.train.checkpoint import load_student  # noqa: E402
 
-from ..conftest import REPO, esc50_csv, esc50_rows  # noqa: E402
+from ..conftest import REPO, esc50_csv  # noqa: E402
 
 torch.set_num_threads(1)
 
