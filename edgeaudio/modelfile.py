@@ -23,8 +23,9 @@ FORMAT_VERSION = 1
 
 # Streaming settings a model ships with; the CLI flags and Model.stream() arguments override.
 # gate_db: windows quieter than this (RMS, dB full scale) score zero, so silence opens no event.
+# background: labels that mean "none of these" (a trained background class), never an event.
 DEFAULT_STREAM_SETTINGS = {"hop_seconds": 0.25, "smooth": 3, "threshold": 0.5, "patience": 2,
-                           "release_ratio": 0.7, "gate_db": -60.0}
+                           "release_ratio": 0.7, "gate_db": -60.0, "background": []}
 
 
 @dataclass

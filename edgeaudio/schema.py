@@ -127,6 +127,15 @@ class Labels:
             raise SchemaError(field, "labels contain duplicates")
 
 
+class LabelList(Labels):
+    """Some of the model's labels (may be empty): checked against ``labels`` across fields."""
+
+    def check(self, value, field):
+        if isinstance(value, list) and not value:
+            return
+        super().check(value, field)
+
+
 @dataclass(frozen=True)
 class IntList:
     item: Int
@@ -234,6 +243,9 @@ STREAM = Table({
     "patience": (Int(1, MAX_PATIENCE), False),
     "release_ratio": (Number(0.0, 1.0, lo_open=True), False),
     "gate_db": (Number(MIN_GATE_DB, 0.0), False),
+    # classes that mean "none of these" (a trained background / unknown class): scored like
+    # any other, never an event
+    "background": (LabelList(), False),
 })
 FIELDS = Table({
     "format_version": (Int(1, 2**31), False),
@@ -345,6 +357,12 @@ def _stream_rules(doc):
         if stream["hop_seconds"] < frame_hop:
             raise SchemaError("stream.hop_seconds", f"{stream['hop_seconds']} s is below one "
                                                     f"front-end frame ({frame_hop:g} s)")
+    background = stream.get("background") or []
+    unknown = sorted(set(background) - set(doc["labels"]))
+    if unknown:
+        raise SchemaError("stream.background", f"names unknown labels {_shown(unknown)}")
+    if background and set(background) >= set(doc["labels"]):
+        raise SchemaError("stream.background", "names every label: nothing could be an event")
     threshold = stream.get("threshold")
     if isinstance(threshold, dict):
         unknown = sorted(set(threshold) - set(doc["labels"]))

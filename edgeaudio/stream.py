@@ -8,7 +8,10 @@ window). Scores are averaged over the last ``smooth`` hops. A class opens an eve
 ``release_ratio * threshold`` (hysteresis, so a score hovering at the threshold does not
 flicker). A window whose RMS level is below ``gate_db`` (dB full scale) is not run through the
 model and scores zero: a softmax over sound classes always names something, even in silence.
-Times are stream time in seconds since the first sample pushed.
+A model trained with a "none of these" class names it in its metadata (``stream.background``):
+that class is scored like the others, so it takes the softmax's mass for sounds the model does
+not know, but it never opens an event. Times are stream time in seconds since the first sample
+pushed.
 
 Event timing: a hop at stream time ``t`` scored the window ``[t - window, t]``. An event's
 ``t_start`` is the start of the window of the first hop of its above-threshold run (the sound
@@ -90,6 +93,9 @@ class Stream:
         self.n_inferences = 0
         self.n_events = 0
         self.states = [_ClassState() for _ in model.labels]
+        # a trained "none of these" class is scored (it takes the softmax's mass for sounds the
+        # model does not know) but never opens an event
+        self.background = {model.labels.index(label) for label in d.get("background") or []}
         input_rate = (self.rate if input_rate is None
                       else check_sample_rate(input_rate, "stream input"))
         self.resampler = (soxr.ResampleStream(input_rate, self.rate, 1, dtype="float32")
@@ -173,6 +179,8 @@ class Stream:
         t = self.time
         events = []
         for i, st in enumerate(self.states):
+            if i in self.background:
+                continue
             s = float(self.scores[i])
             thr = self.thresholds[i]
             if st.open:

@@ -102,10 +102,14 @@ def model_info(student, ckpt: dict, name: str, checkpoint_path: Path) -> ModelIn
                   "config": ckpt.get("config") or {}, "metrics": metrics,
                   "exported_by": f"edgeaudio {__version__} export",
                   "frontend": "learnable harmonic filterbank frozen into a stored matrix"}
-    return ModelInfo(labels=list(ckpt["labels"]), frontend=student.frontend.frozen_spec(),
+    info = ModelInfo(labels=list(ckpt["labels"]), frontend=student.frontend.frozen_spec(),
                      n_frames=int(ckpt["window_frames"]), name=name,
                      version=f"{ckpt['student']}-epoch{ckpt.get('epoch', 0)}",
                      provenance=provenance)
+    config = ckpt.get("config") or {}
+    if config.get("background"):  # the run's "none of these" class: never an event
+        info.stream["background"] = [config.get("background_label", "background")]
+    return info
 
 
 def window_frames(info: ModelInfo, seconds: float, min_frames: int) -> int:

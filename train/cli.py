@@ -206,6 +206,12 @@ def training_settings(config_file, given: dict):
                    + _default("mixture_prob"))
 @click.option("--classes", default=None, help="Train on these classes only: comma-separated "
               "names, or esc10 (the ESC-10 subset of the ESC-50 layout).")
+@click.option("--background", multiple=True,
+              help="Audio of none of the classes, as a class of its own that listen reports as "
+                   "no event: a folder (searched recursively), a CSV (labels ignored) or "
+                   "'silence' (quiet clips the run makes). Repeatable.")
+@click.option("--background-label", default=None,
+              help="The background class's name." + _default("background_label"))
 @click.option("--contrastive", is_flag=True, default=None,
               help="Cross-domain contrastive regularization (Lee & Lee) with the --unlabeled "
                    "audio.")

@@ -156,6 +156,10 @@ class TrainConfig(Settings):
     kd_mixtures: int = 0
     mixture_prob: float = 0.8
     classes: str | None = None                         # labeled subset: "esc10" or "dog,rain"
+    # a "none of these" class: audio of no class (folders, CSVs, "silence": quiet clips the
+    # run makes); exported files name it, and listen reports it as no event
+    background: list = field(default_factory=list)
+    background_label: str = "background"
     # cross-domain contrastive regularization (Lee & Lee) on an unlabeled pool: folders of
     # audio, CSVs (labels ignored) or "rest" (the clips outside ``classes``, held-out fold
     # excluded)
@@ -226,6 +230,8 @@ class TrainConfig(Settings):
                              f"no epoch of --epochs {self.epochs} for the contrastive term")
         if self.contrastive_weight < 0:
             raise TrainError(f"--contrastive-weight must be >= 0, got {self.contrastive_weight}")
+        if self.background and not self.background_label.strip():
+            raise TrainError("--background-label must name the class")
         if self.select not in self.SELECT:
             raise TrainError(f"--select {self.select!r}: choose {' or '.join(self.SELECT)}")
         if not 0.0 <= self.validation_fraction < 1.0:

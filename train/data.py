@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from edgeaudio.errors import AudioError, EdgeAudioError
+from edgeaudio.files import atomic_path
 
 from .progress import progress_bar
 
@@ -297,15 +298,16 @@ def select_classes(dataset: Dataset, classes: str | None) -> tuple[Dataset, Data
 
 
 def unlabeled_items(sources: Sequence[str], rest: Dataset | None,
-                    held_out_fold: int | None) -> list[Item]:
+                    held_out_fold: int | None, option: str = "--unlabeled") -> list[Item]:
     """The unlabeled pool named by ``--unlabeled`` (each a folder of audio, searched
     recursively; a CSV path,label[,fold] whose labels are ignored; or ``rest``: the clips of
-    ``rest`` outside ``held_out_fold``). A file named twice is kept once."""
+    ``rest`` outside ``held_out_fold``). A file named twice is kept once. ``option`` names the
+    flag in error messages (``--background`` reads its folders the same way)."""
     items: list[Item] = []
     for source in sources:
         if source == UNLABELED_REST:
             if rest is None or not rest.items:
-                raise DatasetError("--unlabeled rest: no clips outside the selected classes "
+                raise DatasetError(f"{option} rest: no clips outside the selected classes "
                                    "(give --classes, e.g. esc10, leaving some classes out)")
             items += [Item(i.path, "", i.fold, i.where) for i in rest.items
                       if held_out_fold is None or i.fold != held_out_fold]
@@ -315,14 +317,14 @@ def unlabeled_items(sources: Sequence[str], rest: Dataset | None,
             try:
                 files = audio_files_under(path)
             except DatasetError as exc:
-                raise DatasetError(f"--unlabeled {exc}") from None
+                raise DatasetError(f"{option} {exc}") from None
             items += [Item(f, "", None, str(f)) for f in files]
         elif path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".txt"):
             items += [Item(i.path, "", None, i.where) for i in load_csv(path).items]
         elif not path.exists():
-            raise DatasetError(f"--unlabeled {source}: no such folder or file")
+            raise DatasetError(f"{option} {source}: no such folder or file")
         else:
-            raise DatasetError(f"--unlabeled {source}: expected a folder of audio, a CSV "
+            raise DatasetError(f"{option} {source}: expected a folder of audio, a CSV "
                                f"(path,label; labels ignored) or '{UNLABELED_REST}'")
     seen: set[str] = set()
     unique = []
@@ -332,6 +334,83 @@ def unlabeled_items(sources: Sequence[str], rest: Dataset | None,
             seen.add(key)
             unique.append(item)
     return unique
+
+
+BACKGROUND_SILENCE = "silence"   # --background token: quiet clips the run synthesizes
+
+
+def with_background(dataset: Dataset, sources: Sequence[str], label: str, *, seed: int = 0,
+                    synth_root: Path | None = None) -> Dataset:
+    """``dataset`` plus a "none of these" class ``label`` (last in the label order) of the audio
+    ``sources`` name: folders of audio, CSVs whose labels are ignored, and ``silence`` (quiet
+    clips synthesized under ``synth_root``: digital silence and low noise, -65 to -30 dBFS, as
+    many as the median class has and as long as its median clip). With folds, the background
+    clips are dealt over the folds (seeded), so every split holds some. A model trained with it
+    names something the user did not record as background instead of one of their classes."""
+    if label in dataset.labels:
+        raise DatasetError(f"--background-label {label!r} is already a class of "
+                           f"{dataset.source}; choose another name")
+    files = [s for s in sources if s != BACKGROUND_SILENCE]
+    items = [Item(i.path, label, None, i.where)
+             for i in unlabeled_items(files, None, None, option="--background")] if files else []
+    if BACKGROUND_SILENCE in sources:
+        if synth_root is None:
+            raise DatasetError("--background silence needs a folder for the clips it makes")
+        counts = np.bincount(dataset.targets, minlength=len(dataset.labels))
+        seconds = float(np.median([_seconds(i.path) for i in dataset.items[:200]]))
+        items += [Item(p, label, None, str(p)) for p in
+                  synthesize_quiet_clips(synth_root, int(np.median(counts)), seconds, seed)]
+    if not items:
+        raise DatasetError("--background: no audio found in " + ", ".join(sources))
+    known = {os.path.realpath(i.path) for i in dataset.items}
+    clash = [i for i in items if os.path.realpath(i.path) in known]
+    if clash:
+        raise DatasetError(f"--background {clash[0].path} is also a labelled clip; the "
+                           f"background must be audio of none of the classes")
+    if dataset.has_folds:
+        folds = dataset.folds
+        order = np.random.default_rng([seed, 4099]).permutation(len(items))
+        items = [Item(items[k].path, label, folds[pos % len(folds)], items[k].where)
+                 for pos, k in enumerate(order)]
+    return Dataset(dataset.items + items, dataset.labels + [label], dataset.kind,
+                   dataset.source, dataset.skipped)
+
+
+def _seconds(path) -> float:
+    import soundfile as sf
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate
+    except RuntimeError:
+        return 1.0
+
+
+def synthesize_quiet_clips(root: Path, n: int, seconds: float, seed: int,
+                           sample_rate: int = 16000) -> list[Path]:
+    """``n`` seeded quiet clips (16-bit WAV) in ``root/quiet-<n>x<ms>ms-seed<k>``, made once:
+    a fifth digital silence, the rest white or brown noise at -65 to -30 dBFS RMS (a quiet room
+    to a noisy one: loud enough to pass the stream engine's -60 dBFS gate)."""
+    import soundfile as sf
+    folder = Path(root) / f"quiet-{n}x{int(round(seconds * 1000))}ms-seed{seed}"
+    paths = [folder / f"quiet-{k:04d}.wav" for k in range(n)]
+    if all(p.exists() for p in paths):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 7207])
+    length = max(1, int(round(seconds * sample_rate)))
+    for k, path in enumerate(paths):
+        if k % 5 == 0:
+            wave = np.zeros(length, np.float32)
+        else:
+            noise = rng.standard_normal(length)
+            if rng.random() < 0.5:  # brown: most of its power low, as room rumble is
+                noise = np.cumsum(noise)
+                noise -= np.linspace(noise[0], noise[-1], length)
+            rms = 10.0 ** (rng.uniform(-65.0, -30.0) / 20.0)
+            wave = (noise * rms / max(np.sqrt(np.mean(noise ** 2)), 1e-12)).astype(np.float32)
+        with atomic_path(path) as tmp:
+            sf.write(str(tmp), wave, sample_rate, subtype="PCM_16", format="WAV")
+    return paths
 
 
 def _check_duplicates(items: Iterable[Item]) -> None:

@@ -18,11 +18,11 @@ from typing import Callable
 
 import numpy as np
 
-from .cache import CacheStats, EmbeddingCache, teacher_features
+from .cache import CacheStats, EmbeddingCache, default_cache_dir, teacher_features
 from .config import TrainConfig
 from .data import (UNLABELED_REST, Dataset, DatasetError, Item, drop_items, frames_covering,
                    load_dataset, load_waveforms, require_classes, select_classes,
-                   split_indices, unlabeled_items, validation_split)
+                   split_indices, unlabeled_items, validation_split, with_background)
 from .losses import DistillationTarget, fit_crossfit_probes
 from .progress import progress_bar
 from .run import log_line
@@ -32,8 +32,13 @@ from .teachers.registry import kd_head_for, parse_teacher_names
 
 
 def load_run_dataset(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
-    """(the labeled dataset of a run: ``cfg.data`` restricted to ``cfg.classes``, the rest)."""
-    return select_classes(load_dataset(cfg.data, cfg.layout), cfg.classes)
+    """(the labeled dataset of a run: ``cfg.data`` restricted to ``cfg.classes``, plus its
+    background class when ``cfg.background`` names one; the rest)."""
+    labeled, rest = select_classes(load_dataset(cfg.data, cfg.layout), cfg.classes)
+    if cfg.background:
+        labeled = with_background(labeled, cfg.background, cfg.background_label,
+                                  seed=cfg.seed, synth_root=default_cache_dir() / "background")
+    return labeled, rest
 
 
 def mixture_batch(prep: "Prepared", cfg: TrainConfig, idx: np.ndarray,

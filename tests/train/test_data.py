@@ -259,3 +259,45 @@ def test_the_validation_split_is_stratified_inside_training_or_a_given_fold(tmp_
         validation_split(folded, train, fold=3)
     with pytest.raises(DatasetError, match="not in"):
         validation_split(folded, train, fold=7)
+
+
+def test_a_background_class_joins_the_dataset_dealt_over_the_folds(tmp_path):
+    from edgeaudio.train.data import synthesize_quiet_clips, with_background
+    rows = [(f"{c}/{c}{i}.wav", c, i % 2 + 1) for c in ("cat", "dog") for i in range(3)]
+    make_folder(tmp_path / "data")
+    ds = load_dataset(write_csv(tmp_path / "data" / "labels.csv", rows))
+    other = make_folder(tmp_path / "other", classes=("hum",), per_class=3)
+    both = with_background(ds, [str(other), "silence"], "background", seed=1,
+                           synth_root=tmp_path / "synth")
+    assert both.labels == ["cat", "dog", "background"]
+    extra = [i for i in both.items if i.label == "background"]
+    assert len(extra) == 3 + 3  # the folder's clips + as many quiet clips as a class has
+    assert sorted(i.fold for i in extra) == [1, 1, 1, 2, 2, 2]  # dealt over the folds
+    again = synthesize_quiet_clips(tmp_path / "synth", 3, 0.5, 1)
+    assert [p for p in again] == sorted(p for p in (tmp_path / "synth").rglob("*.wav"))
+    levels = [float(np.sqrt(np.mean(sf.read(p)[0] ** 2))) for p in again]
+    assert levels[0] == 0.0 and all(1e-4 < v < 0.05 for v in levels[1:])  # -80..-26 dBFS
+    with pytest.raises(DatasetError, match="already a class"):
+        with_background(ds, ["silence"], "dog", synth_root=tmp_path / "synth")
+    with pytest.raises(DatasetError, match="also a labelled clip"):
+        with_background(ds, [str(tmp_path / "data" / "cat")], "background")
+
+
+def test_train_with_a_background_class_and_its_export_metadata(tmp_path):
+    from click.testing import CliRunner
+    from edgeaudio.cli import main
+    from edgeaudio.export.cli import model_info
+    from edgeaudio.train.checkpoint import load_student
+    root = make_folder(tmp_path / "one", classes=("dog",), per_class=4)
+    out = tmp_path / "run"
+    env = {"EDGEAUDIO_CACHE": str(tmp_path / "cache")}
+    # one class of the user's own plus "none of these" is a classifier
+    result = CliRunner().invoke(main, ["train", "--data", str(root), "--student", "tiny",
+                                       "--background", "silence", "--epochs", "1",
+                                       "--batch-size", "2", "--out", str(out), "--quiet"],
+                                env=env)
+    assert result.exit_code == 0, result.output
+    student, ckpt = load_student(out)
+    assert ckpt["labels"] == ["dog", "background"]
+    info = model_info(student, ckpt, "m", out / "checkpoint.pt")
+    assert info.stream["background"] == ["background"]
