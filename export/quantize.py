@@ -111,6 +111,7 @@ def _edge_quantizer(qat: bool = False):
              aten.squeeze.dims, aten.unsqueeze.default, aten.flatten.using_ints,
              aten.dropout.default, aten.clone.default, aten.relu.default,
              aten.max_pool2d.default, aten.contiguous.default}
+    own_range = {aten.hardswish.default, aten.hardswish_.default, aten.add.Tensor}
 
     class EdgeQuantizer(PT2EQuantizer):
         # BatchNorm is folded before quantization, so the QAT conv-BN patterns never match
@@ -126,6 +127,14 @@ def _edge_quantizer(qat: bool = False):
                         input_qspec_map={n.args[0]: act},
                         output_qspec=SharedQuantizationSpec((n.args[0], n)), _annotated=True)
             super().annotate(model)
+            for n in model.graph.nodes:  # hardswish and the residual adds the base
+                # quantizer leaves out (the mn students): int8 in and out, a range of their own
+                inputs = [a for a in n.args if isinstance(a, Node)]
+                if n.op == "call_function" and n.target in own_range and inputs \
+                        and "quantization_annotation" not in n.meta:
+                    n.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={a: act for a in inputs},
+                        output_qspec=self.global_config.output_activation, _annotated=True)
             for n in model.graph.nodes:  # in graph order, so chains of such ops propagate
                 if n.op != "call_function" or n.target not in share:
                     continue

@@ -45,12 +45,12 @@ from .augment import spec_augment
 from .cache import EmbeddingCache, teacher_features
 from .checkpoint import save_checkpoint
 from .config import Settings, TrainError
-from .data import drop_items, load_waveforms, make_crops, require_classes, split_indices
+from .data import (drop_items, load_dataset, load_waveforms, make_crops, require_classes,
+                   select_classes, split_indices)
 from .evaluation import classification_report
 from .losses import Regularizer, fit_crossfit_probes, kd_loss, mixup_cross_entropy
 from .mn_student import IMPORTANCE, initialize, is_mn_student, recalibrate_batchnorm
 from .modules import RunModules, predict, training_features
-from .preparation import load_run_dataset
 from .run import EpochLoop, RunFolder
 from .schedule import adamw, epoch_order, lr_factor
 from .students import build_student, count_macs_per_second, count_params, \
@@ -202,7 +202,8 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
 
     settings = student_frontend_settings(cfg.student)
     rate = int(settings["sample_rate"])
-    dataset = require_classes(load_run_dataset(cfg)[0])
+    dataset = select_classes(load_dataset(cfg.data, cfg.layout), cfg.classes)[0]
+    require_classes(dataset)
     waves, bad = load_waveforms(dataset.items, rate, skip_unreadable=cfg.skip_unreadable,
                                 progress=progress)
     dataset, waves = drop_items(dataset, waves, bad)

@@ -151,10 +151,21 @@ def block_plans(width: float, drop_blocks=(), late_width: float | None = None,
     return first, plans, stream
 
 
+class ChannelSE(ConcurrentSEBlock):
+    """mn04's SE container with its one channel SE layer called directly: the same function
+    and parameter names, without a stack and a max over one element in the exported graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conc_se_layers[0](x)
+
+
 def inverted_residual(plan: BlockPlan) -> InvertedResidual:
     """EfficientAT's block; with an expand conv wherever the MobileNetV3 table has one."""
     module = InvertedResidual(plan.in_ch, plan.kernel, plan.expanded, plan.out_ch, plan.use_se,
                               plan.use_hardswish, plan.stride)
+    for i, layer in enumerate(module.block):
+        if isinstance(layer, ConcurrentSEBlock):
+            module.block[i] = ChannelSE(plan.expanded)
     if plan.expanded == plan.in_ch and plan.block > 1:
         activation = nn.Hardswish if plan.use_hardswish else nn.ReLU
         module.block = nn.Sequential(
@@ -180,6 +191,13 @@ class MNNetwork(nn.Module):
         self.n_classes, self.n_harmonics, self.n_freq = int(n_classes), 1, int(n_mels)
         first, self.plans, last_in = block_plans(config.width, config.drop_blocks,
                                                  config.late_width, config.late_from)
+        # EfficientAT's (x + 4.5) / 5 as a fixed 1x1 conv: exact, and int8 from the input on
+        # (a scalar add and multiply would stay float at the head of an int8 graph)
+        self.input_scale = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            self.input_scale.weight.fill_(0.2)
+            self.input_scale.bias.fill_(0.9)
+        self.input_scale.requires_grad_(False)
         layers = [ConvNormActivation(1, first, 3, stride=2, activation=nn.Hardswish)]
         layers += [inverted_residual(plan) for plan in self.plans]
         self.embedding_dim = 6 * last_in
@@ -198,8 +216,7 @@ class MNNetwork(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F]`` log-mel -> ``[B, C, F / 32, T / 32]``."""
-        x = ((x + 4.5) / 5.0).transpose(1, 2).unsqueeze(1)  # EfficientAT's scaling
-        return self.features(x)
+        return self.features(self.input_scale(x.transpose(1, 2).unsqueeze(1)))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature_map(x).mean(dim=2).transpose(1, 2)
