@@ -137,6 +137,10 @@ pip_install pip_install_runtime.log .
 pip_install pip_install_pytest.log pytest
 /opt/venv/bin/pip freeze > /opt/out/arm64/pip_freeze.txt
 /opt/venv/bin/python bench/arm64_check.py collect /opt/out/arm64 --edgeaudio /opt/venv/bin/edgeaudio
+# The tests run as `make test` runs them, on the checkout installed editable: they start
+# `python -m edgeaudio` from the checkout, where its edgeaudio/ would shadow a plain install and
+# hide edgeaudio.train / edgeaudio.export (mapped from train/ and export/).
+pip_install pip_install_editable.log --no-deps -e .
 set +e
 /opt/venv/bin/python -m pytest tests/runtime -q -rs -p no:cacheprovider \
     --junitxml=/opt/out/arm64/pytest.xml 2>&1 | tee /opt/out/arm64/pytest.log | tail -40
