@@ -321,7 +321,7 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
         train_seconds += times["seconds"]
         record = {**{k: v / steps_per_epoch for k, v in sums.items()},
                   "train_acc": correct / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": times["seconds"]}
+                  "seconds": times["seconds"], "cpu_seconds": times["cpu_seconds"]}
         if len(test_idx) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             held = predict(evaluator, waves, test_idx)
             record["test_acc"] = float((held.argmax(1) == dataset.targets[test_idx]).mean())
@@ -350,15 +350,27 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
     return metrics
 
 
-def read_distill_config(path, **given) -> DistillConfig:
-    """A ``DistillConfig`` from a TOML / YAML file (``description`` ignored) and ``given``
-    settings (None = not given), the given ones winning."""
+LOOP_KEY = "loop"  # a configuration file's ``loop = "distill"`` names this loop
+
+
+def is_distill_config(path) -> bool:
     from .config import read_config_file
+    return read_config_file(path).get(LOOP_KEY) == "distill"
+
+
+def read_distill_config(path, **given) -> DistillConfig:
+    """A ``DistillConfig`` from a TOML / YAML file (``description`` ignored; ``loop``, if
+    there, must be "distill") and ``given`` settings (None = not given), the given ones
+    winning."""
+    from .config import ConfigError, read_config_file
 
     from_file = read_config_file(path)
     from_file.pop("description", None)
+    loop = from_file.pop(LOOP_KEY, "distill")
+    if loop != "distill":
+        raise ConfigError(f"{path}: loop = {loop!r} is not the distillation loop")
     return DistillConfig.build(from_file, given)
 
 
 __all__ = ["DistillConfig", "OnlineTeacher", "distillation_loss", "train_distill",
-           "read_distill_config"]
+           "read_distill_config", "is_distill_config"]

@@ -1,0 +1,259 @@
+"""ESC-50 ablation of the student family and the recipe (acceptance 4 of the issue on a student
+worth deploying): today's harmonic `small` student, the mn02 family from random weights and
+from mn04's weights, each with the old recipe (cached probe KD, ``edgeaudio.train.loop``) and
+the new one (online patient distillation, ``edgeaudio.train.distill``); the tiny mn01 row and
+distillation from the fitted mn04 beside them. Fold 1 first; the best row then on 5 folds.
+
+    .venv/bin/python bench/mn_student_esc50.py list            # rows, commands, estimated cost
+    .venv/bin/python bench/mn_student_esc50.py time small-old mn02-inherit-distill
+    nohup .venv/bin/python bench/mn_student_esc50.py run mn02-inherit-distill --folds 1 \
+        > runs/bench-mn.log 2>&1 &                              # resumable, skips finished
+    .venv/bin/python bench/mn_student_esc50.py report          # JSON + markdown table
+
+Each row is a configuration file ``bench/configs/mn_student_esc50/<row>.toml``; those with
+``loop = "distill"`` run the distillation loop, the others ``edgeaudio train``'s student loop.
+``mn02-inherit-old`` is mn02-random-old's file with ``init = "mn04"`` (``--init mn04``), which
+the student loop does not take yet: ``list`` says so and ``run`` skips it until it does.
+Runs live in ``runs/bench/mn_student_esc50/<row>/fold<k>`` (gitignored); a killed row continues
+from its checkpoint, a finished one (``metrics.json``) is skipped. One torch thread a run: at
+most two at once on a 2-core machine. ``time`` runs 3 steps of each row on ESC-10 (the teacher
+embeds 400 clips, not 2000) and stores CPU seconds per step and per clip embedded, from which
+``list`` estimates a fold's cost. Nothing is hard-coded: ``report`` reads each run's metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import _runs
+from _runs import esc50_present, save_report
+
+from edgeaudio.files import shared_dir
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = Path(__file__).resolve().parents[1]
+ESC50 = shared_dir() / "data" / "esc50"
+CONFIGS = REPO / "bench" / "configs" / "mn_student_esc50"
+RUNS = REPO / "runs" / "bench" / "mn_student_esc50"
+RESULTS = REPO / "bench" / "results" / "mn_student_esc50.json"
+TIMING = REPO / "bench" / "results" / "mn_student_esc50_timing.json"
+ROWS = ["small-old", "mn02-random-old", "mn02-inherit-old", "small-distill",
+        "mn02-random-distill", "mn02-inherit-distill", "mn02-inherit-distill-patient",
+        "mn01-inherit-distill", "mn02-inherit-distill-fitted"]
+TRAIN_CLIPS, CLIPS = 1600, 2000  # ESC-50, one fold held out
+# rows that are another row's file with settings added: row -> (file's row, settings)
+DERIVED = {"mn02-inherit-old": ("mn02-random-old", {"init": "mn04"})}
+DESCRIPTIONS = {"mn02-inherit-old": "mn02 inherited from mn04, old recipe (cached probe KD 0.7)"}
+
+
+def row_file(row: str) -> Path:
+    return CONFIGS / f"{DERIVED.get(row, (row,))[0]}.toml"
+
+
+def description(row: str) -> str:
+    return DESCRIPTIONS.get(row) or _runs.row_description(row_file(row))
+
+
+def is_distill(row: str) -> bool:
+    from edgeaudio.train.distill import is_distill_config
+    return is_distill_config(row_file(row))
+
+
+def row_config(row: str, fold: int, **overrides):
+    """The row's settings for ``fold`` (data: the shared ESC-50; a fitted teacher folder is
+    relative to the repository)."""
+    overrides = {**DERIVED.get(row, (row, {}))[1], **overrides}
+    if not is_distill(row):
+        return _runs.row_config(row_file(row), fold=fold, **overrides)
+    from edgeaudio.train.distill import read_distill_config
+    cfg = read_distill_config(row_file(row), data=str(ESC50), fold=fold, **overrides)
+    if cfg.teacher and not Path(cfg.teacher).is_absolute() and "/" in cfg.teacher:
+        cfg.teacher = str(REPO / cfg.teacher)
+    return cfg
+
+
+def not_runnable(row: str, fold: int) -> str | None:
+    """Why a row cannot run yet, or None."""
+    try:
+        cfg = row_config(row, fold)
+    except Exception as exc:  # a setting the student loop does not have yet
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    teacher = getattr(cfg, "teacher", "")
+    if teacher and "/" in teacher and not Path(teacher).exists():
+        return f"teacher folder {teacher} missing: run bench/teacher_fit.py first"
+    if teacher and "/" in teacher and fold != 1:
+        return "the fitted teacher trained on folds 2-5: fold 1 only"
+    return None
+
+
+def run_dir(row: str, fold: int) -> Path:
+    return RUNS / row / f"fold{fold}"
+
+
+def cli_command(row: str, fold: int) -> str:
+    return _runs.row_command(row_file(row), REPO, run_dir(row, fold), fold=fold,
+                             **DERIVED.get(row, (row, {}))[1])
+
+
+def train_row(row: str, cfg, out: Path, progress: bool, **kwargs) -> dict:
+    resume = (out / "checkpoint.pt").exists()
+    if is_distill(row):
+        from edgeaudio.train.distill import train_distill
+        return train_distill(cfg, out, resume=resume, progress=progress, **kwargs)
+    from edgeaudio.train.loop import train
+    return train(cfg, out, resume=resume, progress=progress, **kwargs)
+
+
+def run_rows(rows, folds, progress: bool) -> None:
+    for row in rows:
+        for fold in folds:
+            out = run_dir(row, fold)
+            why = not_runnable(row, fold)
+            if (out / "metrics.json").exists():
+                print(f"[{row} fold {fold}] done already", flush=True)
+                continue
+            if why:
+                print(f"[{row} fold {fold}] skipped: {why}", flush=True)
+                continue
+            print(f"[{row} fold {fold}] {cli_command(row, fold)}", flush=True)
+            t0 = time.time()
+            metrics = train_row(row, row_config(row, fold), out, progress)
+            print(f"[{row} fold {fold}] accuracy {metrics['accuracy']:.4f} "
+                  f"({(time.time() - t0) / 60:.1f} min)", flush=True)
+
+
+def time_rows(rows) -> dict:
+    """3 training steps of each row on ESC-10 (fold 1 held out): CPU seconds per step, and
+    the preparation (teacher embeddings of the clean clips) per clip."""
+    import torch
+    torch.set_num_threads(1)
+    timing = json.loads(TIMING.read_text()) if TIMING.exists() else {"rows": {}}
+    for row in rows:
+        why = not_runnable(row, 1)
+        if why:
+            print(f"[{row}] not timed: {why}", flush=True)
+            continue
+        cfg = row_config(row, 1, classes="esc10", epochs=1, steps_per_epoch=3, eval_every=1)
+        out = RUNS / "timing" / row
+        shutil.rmtree(out, ignore_errors=True)
+        cpu0, t0 = time.process_time(), time.time()
+        metrics = train_row(row, cfg, out, progress=False)
+        total_cpu = time.process_time() - cpu0
+        epoch = metrics["history"][0]
+        step_cpu = epoch.get("cpu_seconds", epoch["seconds"]) / 3
+        clips = metrics["n_train"] + metrics["n_test"]
+        timing["rows"][row] = {
+            "cpu_seconds_per_step": round(step_cpu, 3),
+            "cpu_seconds_outside_training": round(total_cpu - 3 * step_cpu, 1),
+            "clips": clips, "wall_seconds": round(time.time() - t0, 1),
+            "load_average": round(os.getloadavg()[0], 2), "params": metrics["params"]}
+        print(f"[{row}] {step_cpu:.2f} CPU s / step -> ~{estimated_hours(cfg, timing['rows'][row]):.1f} "
+              f"CPU h for fold 1", flush=True)
+    timing["threads"] = 1
+    TIMING.parent.mkdir(parents=True, exist_ok=True)
+    from edgeaudio.files import atomic_write_json
+    atomic_write_json(TIMING, timing)
+    return timing
+
+
+def estimated_hours(cfg, measured: dict) -> float:
+    """A fold's CPU hours: steps (1,600 training clips / batch x epochs) at the measured cost
+    per step, plus the measured preparation and evaluation scaled from ESC-10's clips to
+    ESC-50's (decoding, the teacher's clean embeddings; an over-estimate once cached)."""
+    steps = TRAIN_CLIPS // cfg.batch_size * cfg.epochs
+    outside = measured["cpu_seconds_outside_training"] * CLIPS / measured["clips"]
+    return (steps * measured["cpu_seconds_per_step"] + outside) / 3600
+
+
+def collect() -> dict:
+    results = {"rows": []}
+    for row in ROWS:
+        folds = {}
+        for fold_dir in sorted((RUNS / row).glob("fold*")):
+            path = fold_dir / "metrics.json"
+            if not path.exists():
+                continue
+            m = json.loads(path.read_text())
+            kd = m.get("kd") or {}
+            folds[int(fold_dir.name[4:])] = {
+                "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "params": m["params"],
+                "macs_per_second": m["macs_per_second"], "train_seconds": m["train_seconds"],
+                "epochs": m["epochs"], "teacher_test_accuracy": kd.get(
+                    "teacher_test_accuracy", kd.get("probe_test_accuracy")),
+                "command": cli_command(row, int(fold_dir.name[4:]))}
+        if folds:
+            accs = [f["accuracy"] for f in folds.values()]
+            results["rows"].append({"row": row, "description": description(row),
+                                    "folds": folds, "accuracy_mean": sum(accs) / len(accs)})
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = ["| row | fold 1 | folds (mean: per fold) | params | MACs / s of audio | "
+             "CPU training time / fold | teacher held-out |", "|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        folds = r["folds"]
+        one = next(iter(folds.values()))
+        fold1 = f"{100 * folds[1]['accuracy']:.1f}" if 1 in folds else "-"
+        many = "-" if len(folds) < 2 else (f"{100 * r['accuracy_mean']:.1f}: " + ", ".join(
+            f"{100 * folds[k]['accuracy']:.1f}" for k in sorted(folds)))
+        macs = one["macs_per_second"]
+        minutes = sum(f["train_seconds"] for f in folds.values()) / len(folds) / 60
+        teacher = one["teacher_test_accuracy"]
+        lines.append(f"| {r['description']} | {fold1} | {many} | {one['params']:,} | "
+                     f"{macs['network'] / 1e6:.1f} M (+{macs['filterbank'] / 1e6:.1f} M front "
+                     f"end) | {minutes:.0f} min | "
+                     f"{'-' if teacher is None else f'{100 * teacher:.1f}'} |")
+    return "\n".join(lines)
+
+
+def list_rows() -> None:
+    timing = json.loads(TIMING.read_text())["rows"] if TIMING.exists() else {}
+    for row in ROWS:
+        why = not_runnable(row, 1)
+        cost = "run `time` for an estimate"
+        if row in timing and not why:
+            cost = f"~{estimated_hours(row_config(row, 1), timing[row]):.1f} CPU h for fold 1"
+        loop = "distill" if is_distill(row) else "student loop"
+        print(f"{row:30s} [{loop}] {description(row)}\n"
+              f"    {cli_command(row, 1)}\n    {('NOT RUNNABLE: ' + why) if why else cost}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train rows (sequentially; resumable)")
+    run.add_argument("rows", nargs="+", choices=ROWS)
+    run.add_argument("--folds", default="1")
+    run.add_argument("--quiet", action="store_true")
+    timed = sub.add_parser("time", help="3 steps of each row on ESC-10: the cost estimate")
+    timed.add_argument("rows", nargs="*", choices=ROWS)
+    sub.add_parser("report", help="collect finished runs, write the JSON, print the table")
+    sub.add_parser("list", help="rows, their commands and estimated cost")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        list_rows()
+        return 0
+    if not esc50_present(ESC50):
+        return 2
+    if args.command == "run":
+        import torch
+        from edgeaudio.train.data import parse_folds
+        torch.set_num_threads(1)
+        run_rows(args.rows, parse_folds(args.folds), not args.quiet)
+    elif args.command == "time":
+        time_rows(args.rows or ROWS)
+    else:
+        results = collect()
+        save_report(results, RESULTS, markdown(results), REPO)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
