@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import numpy as np
 
 from edgeaudio.modelfile import ModelInfo
+from edgeaudio.stream_tuning import settings_for_event_length
 
 from .errors import CalibrationError, ExportError, write_file
 from .writers import FORMATS, file_name, prepare_output_dir
@@ -39,6 +41,7 @@ class DataPlan:
 
     train: list = field(default_factory=list)
     test: list = field(default_factory=list)
+    validation: list = field(default_factory=list)   # the run's own: streaming defaults
     calibration: list = field(default_factory=list)
     train_source: str = ""
     test_source: str = ""
@@ -47,10 +50,14 @@ class DataPlan:
 
 def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration_data=None,
               eval_data=None) -> DataPlan:
-    """The run's own split (``edgeaudio.train.data``: its data, recipe, held-out fold, seed and
-    validation fraction), or ``data`` / ``test_fold`` given here; ``calibration_data`` (any
-    audio folder) and ``eval_data`` (a labeled data set) replace either side."""
-    from edgeaudio.train.data import DatasetError, load_dataset, select_classes, split_indices
+    """The run's own split (``edgeaudio.train``: its data, layout, classes, background class,
+    test fold, seed and validation clips), or ``data`` / ``test_fold`` given here;
+    ``calibration_data`` (any audio folder) and ``eval_data`` (a labeled data set) replace
+    either side."""
+    from edgeaudio.train.config import TrainConfig
+    from edgeaudio.train.data import (DatasetError, load_dataset, split_indices,
+                                      validation_split)
+    from edgeaudio.train.preparation import load_run_dataset
 
     from .clips import dataset_clips, unlabeled_clips
 
@@ -58,10 +65,11 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
     plan = DataPlan()
     source = data or config.get("data")
     if source:
-        layout = None if data else config.get("layout", config.get("recipe"))
-        dataset = load_dataset(source, layout)
-        if not data:  # the run's own data: the classes it was trained on (--classes)
-            dataset = select_classes(dataset, config.get("classes"))[0]
+        run_cfg = TrainConfig.from_dict(config) if config.get("data") else None
+        if data or run_cfg is None:
+            dataset = load_dataset(source)
+        else:  # the run's own data: the classes it was trained on, its background class
+            dataset = load_run_dataset(run_cfg)[0]
         fold = test_fold if test_fold is not None else config.get("fold")
         if test_fold is None and fold is not None and not dataset.has_folds:
             fold = None  # --data without folds replaces the run's: a seeded split
@@ -76,6 +84,11 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
                                f"{' ...' if len(labels) > 10 else ''})")
         plan.train = dataset_clips(dataset, labels, train_idx)
         plan.test = dataset_clips(dataset, labels, test_idx)
+        if run_cfg is not None and not data and test_fold is None:
+            _, val_idx = validation_split(dataset, train_idx, fold=run_cfg.validation_fold,
+                                          fraction=run_cfg.validation_fraction,
+                                          seed=run_cfg.seed)
+            plan.validation = dataset_clips(dataset, labels, val_idx)
         held_out = (f"fold {dataset.items[test_idx[0]].fold}" if dataset.has_folds
                     and len(test_idx) else "held-out split")
         plan.train_source = f"{dataset.source} (training split)"
@@ -116,12 +129,69 @@ def window_frames(info: ModelInfo, seconds: float, min_frames: int) -> int:
     """Frames of an exported window of ``seconds``: the students pool time globally, so the
     window the files take need not be the training crop (shorter: less work per stream hop
     and a short event fills more of it)."""
-    n = info.frontend.n_frames(int(round(seconds * info.sample_rate)))
+    # the nearest window the frame grid allows (within half a front-end hop of ``seconds``)
+    fe = info.frontend
+    n = 1 + int(round((seconds * info.sample_rate - fe.win_length) / fe.hop_length))
     if n < min_frames:
         shortest = info.frontend.samples_for_frames(min_frames) / info.sample_rate
         raise ExportError(f"--window {seconds:g} s gives {n} frames; this student needs at "
                           f"least {min_frames} ({shortest:.3f} s)")
     return n
+
+
+def median_clip_seconds(clips: list, most: int = 400) -> float | None:
+    """The median length of (at most ``most`` of) the training clips: how long the model's
+    sounds last, for the streaming defaults."""
+    import soundfile as sf
+    seconds = []
+    for clip in clips[:most]:
+        try:
+            info = sf.info(str(clip.path))
+        except RuntimeError:
+            continue
+        seconds.append(info.frames / info.samplerate)
+    return float(np.median(seconds)) if seconds else None
+
+
+def tune_stream_threshold(files: dict, info: ModelInfo, validation: list,
+                          seed: int) -> dict | None:
+    """The stream threshold chosen on the run's validation clips (``edgeaudio.stream_tuning``)
+    with the first int8 file (else the first file) run as ``listen`` runs it; written into every
+    file's metadata. None when the run has no validation clips."""
+    from edgeaudio import load_model
+    from edgeaudio.modelfile import info_from_onnx, info_from_tflite
+    from edgeaudio.stream_tuning import tune_threshold
+
+    from .clips import read_clip
+    from .writers import add_tflite_metadata, set_onnx_metadata
+
+    if not validation or not files:
+        return None
+    background = set(info.stream.get("background") or [])
+    events, quiet = [], []
+    for clip in validation:
+        wave = read_clip(clip, info)
+        if wave is None or clip.label is None:
+            continue
+        label = info.labels[clip.label]
+        (quiet.append(wave) if label in background else events.append((wave, label)))
+    if not events:
+        return None
+    int8 = [p for n, p in files.items() if ".int8." in n]
+    model = load_model((int8 or list(files.values()))[0])
+    tuning = tune_threshold(model, events, quiet, dict(info.stream), seed=seed)
+    info.stream["threshold"] = tuning["threshold"]
+    for path in files.values():  # each file keeps the rest of its own metadata
+        data = path.read_bytes()
+        if path.suffix == ".onnx":
+            own = info_from_onnx(path, data)
+            own.stream["threshold"] = tuning["threshold"]
+            set_onnx_metadata(path, own)
+        else:
+            own = info_from_tflite(path, data)
+            own.stream["threshold"] = tuning["threshold"]
+            write_file(path, add_tflite_metadata(data, own))
+    return tuning
 
 
 def _int8_drop(report_files: list, torch_accuracy) -> float | None:
@@ -160,10 +230,16 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     info = model_info(student, ckpt, name or Path(run).resolve().name, ckpt_path)
     if window_seconds is not None:
         info.n_frames = window_frames(info, window_seconds, network.min_frames)
-        echo(f"window: {info.window_seconds:.3f} s ({info.n_frames} frames; trained on "
-             f"{ckpt['window_frames']})")
+        echo(f"window: {info.window_seconds:.3f} s for the {window_seconds:g} s asked, the "
+             f"nearest on the {info.frontend.hop_length / info.sample_rate * 1000:g}-ms frame "
+             f"grid ({info.n_frames} frames; trained on {ckpt['window_frames']})")
     plan = plan_data(info.labels, ckpt.get("config") or {}, data, test_fold, calibration_data,
                      eval_data)
+    event_seconds = median_clip_seconds(plan.train)
+    if event_seconds:
+        info.stream.update(settings_for_event_length(event_seconds, info.hop_seconds))
+        echo(f"stream: smooth {info.stream['smooth']}, patience {info.stream['patience']} for "
+             f"{event_seconds:.2f}-s sounds at a {info.hop_seconds:g}-s hop")
 
     cal = None
     if int8:
@@ -179,6 +255,11 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     files = write_model_files(network, info, out, formats=formats, int8=int8, calibration=cal,
                               stem=stem)
     echo(f"wrote {', '.join(files)} ({time.time() - t0:.0f} s)")
+    tuning = tune_stream_threshold(files, info, plan.validation, seed)
+    if tuning is not None:
+        echo(f"stream threshold {tuning['threshold']:g}, chosen on {tuning['events']} "
+             f"validation clips" + ("" if tuning["met"] else
+                                    " (no threshold kept false events within the bound)"))
 
     test = plan.test[:max_eval_clips] if max_eval_clips else plan.test
     data_set = eval_set(test, info, plan.test_source) if test else None
@@ -194,7 +275,9 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     # the checkpoint's own figures (training evaluates whole clips in one pass; the report
     # scores the runtime's windows, as the files are used)
     extra = {"checkpoint": {"path": str(ckpt_path), "epoch": ckpt.get("epoch"),
-                            "metrics": ckpt.get("metrics") or {}}}
+                            "metrics": ckpt.get("metrics") or {}},
+             "stream": {"settings": dict(info.stream), "event_seconds": event_seconds,
+                        "threshold_tuning": tuning}}
 
     def make_report():
         return build_report(network=network, info=info, files=list(files.values()),

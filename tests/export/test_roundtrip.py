@@ -277,7 +277,8 @@ def test_window_option_exports_a_shorter_window_the_runtime_uses(exported, tmp_p
     assert result.exit_code == 0, result.output
     model = Model(out / "model.onnx")
     assert model.info.n_frames < exported["ckpt"]["window_frames"]
-    assert abs(model.info.window_seconds - 0.5) < model.info.frontend.hop_length / 16000
+    # the nearest window the frame grid allows: within half a front-end hop of what was asked
+    assert abs(model.info.window_seconds - 0.5) <= model.info.frontend.hop_length / 2 / 16000
     clip = exported["test_clips"][0]["path"]
     wave = load_audio(clip, model.sample_rate)
     windows = runtime_windows(model.info, wave)
@@ -292,3 +293,19 @@ def test_window_shorter_than_the_student_allows_is_a_clear_error(exported, tmp_p
                                        "--out", str(tmp_path / "x")])
     assert result.exit_code != 0
     assert "needs at least" in result.output
+
+
+def test_the_files_carry_streaming_defaults_from_the_run(exported):
+    """Smoothing and patience from the run's clip length (5-s ESC-50 clips at a 0.25-s hop:
+    3 and 2), the threshold chosen on the run's validation clips through the int8 file, the
+    same in every file, and the choice in the report."""
+    stream = exported["report"]["stream"]
+    tuning = stream["threshold_tuning"]
+    assert stream["event_seconds"] == pytest.approx(5.0, abs=0.05)
+    assert tuning["events"] == 5 * 2  # 10 % of 16 training clips a class: 2 each
+    assert tuning["threshold"] in [row["threshold"] for row in tuning["candidates"]]
+    for name in FILES:
+        info = Model(exported["out"] / name).info
+        assert (info.stream["smooth"], info.stream["patience"]) == (3, 2), name
+        assert info.stream["threshold"] == tuning["threshold"], name
+    assert f"stream threshold {tuning['threshold']:g}" in exported["stderr"]
