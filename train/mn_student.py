@@ -56,6 +56,7 @@ from edgeaudio import files
 from edgeaudio.frontend import FrontendSpec, encode_matrix
 
 from .frontend import TorchFrontend
+from .student_base import Student
 from .teachers.efficientat import (FMAX, FMIN, MODEL_SAMPLE_RATE, MOBILENET_V3_LARGE, N_CLASSES,
                                    N_FFT, N_MELS, ConcurrentSEBlock, ConvNormActivation,
                                    InvertedResidual, MobileNetV3Audio, kaldi_mel_banks,
@@ -228,30 +229,8 @@ class MNNetwork(nn.Module):
         return self.classify(self.embed(x))
 
 
-class MNStudent(nn.Module):
-    """Fixed front end + ``MNNetwork``: waveform ``[B, samples]`` at 16 kHz -> logits."""
-
-    def __init__(self, config: MNConfig, frontend: TorchFrontend, network: MNNetwork):
-        super().__init__()
-        self.config, self.frontend, self.network = config, frontend, network
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def embedding_hop_seconds(self) -> float:
-        spec = self.frontend.spec
-        return self.network.time_stride * spec.hop_length / spec.sample_rate
-
-    def features(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.frontend(wave)
-
-    def embed(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.network.embed(self.frontend(wave))
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.network(self.frontend(wave))
+class MNStudent(Student):
+    """The fixed EfficientAT-mel front end + ``MNNetwork``: 16 kHz waveform -> logits."""
 
 
 # ----------------------------------------------------------------------------- front end

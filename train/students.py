@@ -40,6 +40,7 @@ from edgeaudio.frontend import FrontendSpec, encode_matrix
 from .frontend import TorchFrontend
 from .harmonic import C1_HZ, HarmonicFilterbank
 from .mn_student import MN_STUDENTS, build_mn_student, is_mn_student, mn_frontend_settings
+from .student_base import Student
 
 DEFAULT_FRONTEND = {
     "sample_rate": 16000, "n_fft": 1024, "win_length": 512, "hop_length": 320,
@@ -205,33 +206,8 @@ class HarmonicCNN(nn.Module):
         return self.classify(self.embed(x))
 
 
-class HarmonicStudent(nn.Module):
-    """Front end + network: waveform ``[B, samples]`` -> logits. Export takes ``network`` and
-    ``frontend.frozen_spec()``."""
-
-    def __init__(self, config: StudentConfig, frontend: TorchFrontend, network: HarmonicCNN):
-        super().__init__()
-        self.config = config
-        self.frontend = frontend
-        self.network = network
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def embedding_hop_seconds(self) -> float:
-        spec = self.frontend.spec
-        return self.network.time_stride * spec.hop_length / spec.sample_rate
-
-    def features(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.frontend(wave)
-
-    def embed(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.network.embed(self.frontend(wave))
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.network(self.frontend(wave))
+class HarmonicStudent(Student):
+    """A ``TorchFrontend`` with a learnable ``HarmonicFilterbank`` + ``HarmonicCNN``."""
 
 
 def student_frontend_settings(name: str, **overrides) -> dict:
