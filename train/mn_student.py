@@ -45,7 +45,7 @@ bands above 8 kHz stay at log(1e-5), as mn04 sees 16 kHz audio resampled to 32 k
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,6 @@ class MNConfig:
     late_width: float | None = None       # width of blocks >= late_from (None: ``width``)
     late_from: int = 13
     dropout: float = 0.2
-    frontend: dict = field(default_factory=dict)
 
     def block_width(self, block: int) -> float:
         return self.late_width if self.late_width is not None and block >= self.late_from \

@@ -92,7 +92,8 @@ def run(cfg, out, tmp_path, teacher, **kw):
 
 
 @pytest.mark.parametrize("init", ["random", "mn04"])
-def test_resume_after_a_kill_reaches_the_uninterrupted_result(toy_csv, tmp_path, init):  # noqa: F811
+def test_resume_after_a_kill_reaches_the_uninterrupted_result(toy_csv, tmp_path,  # noqa: F811
+                                                              init):
     if init == "mn04" and not MN04_WEIGHTS.exists():
         pytest.skip("mn04 weights not in the shared folder")
     cfg = config(toy_csv, init=init)
@@ -107,8 +108,8 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(toy_csv, tmp_path,
         assert torch.equal(value, b["model_state"][key]), key
     for key, value in a["train_state"]["aux"]["reg"].items():
         assert torch.equal(value, b["train_state"]["aux"]["reg"][key]), key
-    strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "cpu_seconds")}  # noqa: E731
-                       for e in h]
+    timing = ("seconds", "cpu_seconds")
+    strip = lambda h: [{k: v for k, v in e.items() if k not in timing} for e in h]  # noqa: E731
     assert strip(full["history"]) == strip(resumed["history"])
     assert full["accuracy"] == resumed["accuracy"] and full["confusion"] == resumed["confusion"]
     last = full["history"][-1]
