@@ -195,6 +195,9 @@ def training_settings(config_file, given: dict):
                    + _default("kd"))
 @click.option("--kd-teacher", "kd_teachers", multiple=True,
               help="Teacher(s) of the probe for --kd (default: efficientat).")
+@click.option("--keep-teachers", is_flag=True, default=None,
+              help="Keep a distillation teacher whose linear probe scores well below a "
+                   "log-mel baseline on the validation clips (left out by default).")
 @click.option("--kd-temperature", type=float, default=None,
               help="Distillation temperature." + _default("kd_temperature"))
 @click.option("--kd-mixtures", type=click.IntRange(0), default=None,
@@ -340,7 +343,8 @@ def train_command(config_file, resume, stop_after, quiet, **options):
 @click.argument("run", type=click.Path(), required=False)
 @click.option("--data", type=click.Path(), default=None,
               help="Score on this dataset instead of the run's held-out split.")
-@click.option("--recipe", type=click.Choice(["esc50"]), default=None)
+@click.option("--layout", "--recipe", "recipe", type=click.Choice(["esc50"]), default=None,
+              help="With --data: a known dataset layout (esc50); --recipe is its old name.")
 @click.option("--fold", type=int, default=None, help="With --data: only this fold.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where evaluation.json and the confusion PNG go (default: the run folder).")
@@ -371,7 +375,7 @@ def evaluate_command(run, data, recipe, fold, out, as_json, threads, model_file,
     if model_file or events_csv or threshold is not None:
         if not (model_file and events_csv) or run or data or recipe or fold is not None:
             raise UsageError("score streams with --model FILE --events CSV alone (no RUN, "
-                             "--data, --recipe or --fold)")
+                             "--data, --layout or --fold)")
         from edgeaudio.event_scoring import evaluate_streams, streams_table
         from edgeaudio.model import Model
         json_path = Path(out or Path(model_file).parent) / f"{Path(model_file).name}.streams.json"

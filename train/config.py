@@ -148,6 +148,7 @@ class TrainConfig(Settings):
     kd: float = 0.0                                    # weight of probe distillation
     kd_teachers: list = field(default_factory=list)   # default: efficientat
     kd_temperature: float = 2.0
+    keep_teachers: bool = False                        # keep teachers that do not know the sounds
     # teacher-labelled mixtures: per training clip, this many mixtures with other clips are
     # planned (seeded) before training and run through the teachers once (cached); a batch
     # then draws each clip's mixture with ``mixture_prob`` and the KD / Con-Reg targets are

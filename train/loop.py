@@ -120,6 +120,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
     frontend_settings = student_frontend_settings(cfg.student)
     window_frames = student.frontend.spec.n_frames(prep.crop_samples)
     alpha = cfg.resolved_alpha()
+    kd_weight = cfg.kd if prep.kd_target is not None else 0.0  # a teacher left out: labels alone
     contrastive_warmup = cfg.resolved_contrastive_warmup()
     n_harm = network.n_harmonics
 
@@ -219,7 +220,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                 loss_kd = kd_loss(logits, torch.from_numpy(probs.astype(np.float32)),
                                   cfg.kd_temperature)
             loss_reg = modules.reg(l, v) if modules.reg is not None else logits.sum() * 0.0
-            loss = (1.0 - cfg.kd) * ce + cfg.kd * loss_kd + alpha * loss_reg
+            loss = (1.0 - kd_weight) * ce + kd_weight * loss_kd + alpha * loss_reg
             if contrastive_on:
                 u_idx = unlabeled_order[step * batch_size:(step + 1) * batch_size]
                 u_crops = make_crops(prep.unlabeled_waves, u_idx, prep.crop_samples, rate,

@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .data import (UNLABELED_REST, Dataset, DatasetError, Item, drop_items, frames_covering,
                    load_dataset, load_waveforms, require_classes, select_classes,
                    split_indices, unlabeled_items, validation_split, with_background)
+from .baseline import baseline_features, probe_accuracy, teacher_verdict
 from .losses import DistillationTarget, fit_crossfit_probes
 from .progress import progress_bar
 from .run import log_line
@@ -184,6 +185,9 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
             log_line(out_dir, f"probe on {'+'.join(kd_desc['teachers'])}: C={probes.c:g}, "
                               f"out-of-fold train acc {probes.oof_accuracy:.3f}, held-out acc "
                               f"{test_acc:.3f}")
+    if len(val_idx) and (kd_target is not None or teacher_frames is not None):
+        kd_target = check_teachers(cfg, dataset, waves, rate, train_idx, val_idx, teacher_frames,
+                                   teacher_info, kd_target, kd_frames, kd_info, out_dir)
     prep = Prepared(dataset, waves, train_idx, test_idx, val_idx, crop_samples, teacher_frames,
                     teacher_info, kd_target, kd_frames, kd_info, stats.as_dict())
     if cfg.kd_mixtures > 0:
@@ -202,6 +206,46 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
                           f"({prep.unlabeled_report['hours']:.2f} h) from "
                           f"{', '.join(cfg.unlabeled)}")
     return prep
+
+
+def check_teachers(cfg: TrainConfig, dataset: Dataset, waves: list, rate: int, train_idx,
+                   val_idx, teacher_frames, teacher_info, kd_target, kd_frames, kd_info,
+                   out_dir) -> DistillationTarget | None:
+    """Before training spends its time: does each teacher know these sounds? Its linear
+    probe's validation accuracy against a log-mel baseline with no teacher
+    (``edgeaudio.train.baseline``). A distillation teacher well below it is left out (its
+    soft targets would teach the student worse than the labels), unless ``keep_teachers``;
+    the regulariser's teachers get the same verdict in the log. Returns the KD target kept."""
+    targets, n = dataset.targets, len(dataset.labels)
+    baseline = probe_accuracy(baseline_features(waves, rate), targets, train_idx, val_idx, n)
+    checks = {"baseline_validation_accuracy": baseline}
+    if kd_target is not None:
+        pooled = np.stack([f.mean(axis=0) for f in kd_frames])
+        teacher = float((kd_target.soft_targets(pooled[val_idx], val_idx, 1.0).argmax(1)
+                         == targets[val_idx]).mean())
+        kd_info["teacher_validation_accuracy"] = teacher
+        kd_info["baseline_validation_accuracy"] = baseline
+        verdict = teacher_verdict(teacher, baseline)
+        if verdict and not cfg.keep_teachers:
+            kd_info["left_out"] = verdict
+            log_line(out_dir, f"KD teacher {'+'.join(kd_info['teachers'])} left out: {verdict} "
+                              f"(--keep-teachers keeps it)")
+            kd_target = None
+        else:
+            log_line(out_dir, f"KD teacher {'+'.join(kd_info['teachers'])}: validation "
+                              f"{100 * teacher:.1f} % against {100 * baseline:.1f} % for a "
+                              f"log-mel baseline" + (f" (kept as asked: {verdict})"
+                                                     if verdict else ""))
+    if teacher_frames is not None and teacher_info is not None:
+        pooled = np.stack([f.mean(axis=0) for f in teacher_frames])
+        teacher = probe_accuracy(pooled, targets, train_idx, val_idx, n)
+        teacher_info["probe_validation_accuracy"] = teacher
+        teacher_info["baseline_validation_accuracy"] = baseline
+        verdict = teacher_verdict(teacher, baseline)
+        if verdict:
+            log_line(out_dir, f"warning: regulariser teacher {'+'.join(teacher_info['teachers'])}"
+                              f": {verdict}; consider training without it")
+    return kd_target
 
 
 def unlabeled_pool(cfg: TrainConfig, dataset: Dataset) -> tuple[list[Item], int]:

@@ -164,6 +164,36 @@ def plot_similarity(class_vectors, event_vectors, labels, event_names, path: Pat
     plt.close(fig)
 
 
+def probe_folds(dataset, seed: int = 0) -> np.ndarray:
+    """Each clip's fold: the data's own, else a seeded 5-way stratified split."""
+    if dataset.has_folds:
+        return np.array([it.fold for it in dataset.items])
+    y = dataset.targets
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(y), int)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        folds[idx] = np.arange(len(idx)) % 5 + 1
+    return folds
+
+
+BASELINE_NAME = "log-mel baseline (no teacher)"
+
+
+def probe_baseline(dataset, waves, test_folds, seed=0, echo=print) -> dict:
+    """The same probe on plain log-mel statistics (``edgeaudio.train.baseline``): a teacher
+    well below it does not know these sounds."""
+    from .baseline import baseline_features
+
+    x = baseline_features(waves, 16000)
+    folds = probe_folds(dataset, seed)
+    result = cross_validate(x, dataset.targets, folds, test_folds or sorted(set(folds.tolist())),
+                            seed, progress=lambda f: echo(f"  baseline fold {f['fold']}: "
+                                                          f"{100 * f['accuracy']:.1f} %"))
+    result.update({"teacher": BASELINE_NAME, "dim": int(x.shape[1]), "n_clips": len(x)})
+    return result
+
+
 def probe_teacher(names, dataset, waves, clips, test_folds, out: Path | None, seed=0,
                   echo=print) -> dict:
     """Cross-validate one teacher (or a '+'-joined concatenation); write metrics and plots."""
@@ -175,13 +205,7 @@ def probe_teacher(names, dataset, waves, clips, test_folds, out: Path | None, se
                                         progress=True)
     x = pool(embeddings)
     y = dataset.targets
-    folds = (np.array([it.fold for it in dataset.items]) if dataset.has_folds else None)
-    if folds is None:  # no folds: a seeded 5-way stratified split stands in for them
-        rng = np.random.default_rng(seed)
-        folds = np.zeros(len(y), int)
-        for c in np.unique(y):
-            idx = rng.permutation(np.flatnonzero(y == c))
-            folds[idx] = np.arange(len(idx)) % 5 + 1
+    folds = probe_folds(dataset, seed)
     test_folds = test_folds or sorted(set(folds.tolist()))
     name = "+".join(parts)
     result = cross_validate(x, y, folds, test_folds, seed,
@@ -225,7 +249,8 @@ def probe_teacher(names, dataset, waves, clips, test_folds, out: Path | None, se
               help="Teacher name, 'a+b' for a concatenation, or 'all' (repeatable).")
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Folder (one sub-folder per class), CSV (path,label[,fold]) or ESC-50 folder.")
-@click.option("--recipe", default=None, help="Dataset recipe (esc50).")
+@click.option("--layout", "--recipe", "recipe", default=None,
+              help="A known dataset layout (esc50); --recipe is its old name.")
 @click.option("--folds", default=None, help="Test folds, e.g. 1-5 (default: every fold).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for metrics.json and plots (one sub-folder per teacher).")
@@ -238,16 +263,17 @@ def probe_command(teachers, data, recipe, folds, out, seed, as_json):
     \b
     Examples:
       edgeaudio probe --teacher all --data my_recordings/
-      edgeaudio probe --teacher yamnet --data ../shared/data/esc50 --recipe esc50 \\
+      edgeaudio probe --teacher yamnet --data ../shared/data/esc50 --layout esc50 \\
           --out probes/yamnet-esc50
       edgeaudio probe --teacher yamnet+efficientat --data labels.csv --folds 1-5
     """
+    from .baseline import MARGIN_POINTS
     from .data import load_dataset, load_waveforms, parse_folds
     from .teachers.registry import list_teachers
 
     names = []
-    for t in teachers:
-        names += list_teachers() if t == "all" else [t]
+    for t in teachers:  # all: every teacher, and all of them concatenated
+        names += list_teachers() + ["+".join(list_teachers())] if t == "all" else [t]
     dataset = load_dataset(data, recipe)
     waves, _ = load_waveforms(dataset.items, 16000, progress=True)
     clips = [str(Path(it.path).resolve()) for it in dataset.items]
@@ -257,12 +283,21 @@ def probe_command(teachers, data, recipe, folds, out, seed, as_json):
         sub = Path(out) / name.replace("+", "_") if out else None
         results.append(probe_teacher([name], dataset, waves, clips, parse_folds(folds), sub,
                                      seed, echo=echo))
+    results.append(probe_baseline(dataset, waves, parse_folds(folds), seed, echo=echo))
     if as_json:
         click.echo(json.dumps([{k: r[k] for k in ("teacher", "dim", "mean_accuracy",
                                                    "std_accuracy", "per_fold")}
                                for r in results], indent=2))
         return
-    click.echo(f"\n{'teacher':<24} {'dim':>6} {'accuracy':>10}  folds")
+    click.echo(f"\n{'teacher':<30} {'dim':>6} {'accuracy':>10}  folds")
     for r in sorted(results, key=lambda r: -r["mean_accuracy"]):
-        click.echo(f"{r['teacher']:<24} {r['dim']:>6} {100 * r['mean_accuracy']:>8.1f} %  "
+        click.echo(f"{r['teacher']:<30} {r['dim']:>6} {100 * r['mean_accuracy']:>8.1f} %  "
                    + " ".join(f"{100 * f['accuracy']:.1f}" for f in r["per_fold"]))
+    baseline = results[-1]["mean_accuracy"]
+    below = [r["teacher"] for r in results[:-1]
+             if 100 * (baseline - r["mean_accuracy"]) > MARGIN_POINTS]
+    click.echo(f"\nA teacher more than {MARGIN_POINTS:g} points below the {BASELINE_NAME} does "
+               f"not know these sounds: distilling from it teaches the student less than the "
+               f"labels do, and `edgeaudio train` leaves such a --kd-teacher out "
+               f"(--keep-teachers keeps it)."
+               + (f" Here: {', '.join(below)}." if below else " Here: none."))

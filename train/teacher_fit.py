@@ -364,8 +364,8 @@ def fit_command(arch, ensemble, data, layout, fold, epochs, out, device, freeze_
     \b
     Examples:
       edgeaudio teacher fit --arch efficientnet_lite0 --ensemble 5 \\
-          --data ../shared/data/esc50 --recipe esc50 --fold 1 --epochs 10 --out teachers/lite0
-      edgeaudio train --data ../shared/data/esc50 --recipe esc50 --fold 1 \\
+          --data ../shared/data/esc50 --layout esc50 --fold 1 --epochs 10 --out teachers/lite0
+      edgeaudio train --data ../shared/data/esc50 --layout esc50 --fold 1 \\
           --teacher teachers/lite0 --reg con --kd 0.7 --kd-teacher teachers/lite0
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

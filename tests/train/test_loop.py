@@ -56,8 +56,9 @@ def fakes():
 
 
 def toy_config(csv_path, **kw):
+    # the fake teachers know nothing of the toy sounds: kept, so the KD path is exercised
     base = dict(data=str(csv_path), fold=2, student="tiny", epochs=2, batch_size=4, lr=3e-3,
-                warmup_epochs=1, crop_seconds=0.8, seed=1)
+                warmup_epochs=1, crop_seconds=0.8, seed=1, keep_teachers=True)
     return TrainConfig(**{**base, **kw})
 
 
@@ -271,3 +272,20 @@ def test_a_validation_fold_of_the_data_validates(toy_csv, tmp_path, fakes):
     assert metrics["splits"]["validation"] == "fold 3" and metrics["n_validation"] == 6
     with pytest.raises(TrainError, match="is the test --fold"):
         run(toy_config(three, validation_fold=2), tmp_path / "x", tmp_path, fakes)
+
+
+def test_a_teacher_that_does_not_know_the_sounds_is_left_out(toy_csv, tmp_path, fakes):
+    """The fake teachers' embeddings carry nothing of the toy tones: their linear probe scores
+    below a log-mel baseline on the validation clips, so KD is left out before training (and
+    the run trains on the labels alone), unless --keep-teachers."""
+    cfg = toy_config(toy_csv, kd=0.5, kd_teachers=["efficientat"], keep_teachers=False,
+                     validation_fraction=0.5, epochs=1)
+    metrics = run(cfg, tmp_path / "left", tmp_path, fakes)
+    kd = metrics["kd"]
+    assert "does not know these sounds" in kd["left_out"]
+    assert kd["baseline_validation_accuracy"] > kd["teacher_validation_accuracy"] + 0.05
+    assert metrics["history"][0]["kd"] == 0.0  # no distillation term was trained
+    assert "left out" in (tmp_path / "left" / "train.log").read_text()
+    kept = run(toy_config(toy_csv, kd=0.5, kd_teachers=["efficientat"], keep_teachers=True,
+                          validation_fraction=0.5, epochs=1), tmp_path / "kept", tmp_path, fakes)
+    assert "left_out" not in kept["kd"] and kept["history"][0]["kd"] > 0

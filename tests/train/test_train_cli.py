@@ -110,7 +110,7 @@ def test_contrastive_run_with_con_reg_and_kd_on_real_clips(small_csv, unlabeled_
     env = {"EDGEAUDIO_CACHE": str(tmp_path / "cache"), "OMP_WAIT_POLICY": "PASSIVE"}
     out = tmp_path / "run"
     result = invoke("train", "--data", small_csv, "--fold", 2, "--student", "tiny",
-                    "--teacher", "yamnet", "--reg", "con", "--kd", 0.5, "--kd-teacher", "yamnet",
+                    "--teacher", "yamnet", "--reg", "con", "--kd", 0.5, "--kd-teacher", "yamnet", "--keep-teachers",
                     "--contrastive", "--unlabeled", unlabeled_folder / "speech",
                     "--unlabeled", unlabeled_folder / "drums", "--contrastive-warmup", 1,
                     "--epochs", 2, "--batch-size", 4, "--crop", 1.0, "--out", out, "--quiet",
