@@ -213,6 +213,17 @@ def _pytest(xml: Path, log: Path, rc: Path) -> dict:
             "closing_line": last[0] if last else None}
 
 
+def _stderr_only_on_arm64(x86_cmd: dict, arm_cmd: dict) -> dict:
+    """What the arm64 run printed on stderr that the x86-64 one did not, once per line."""
+    x86_lines = {line for run in x86_cmd.values() for line in run["stderr"].splitlines()}
+    found = {}
+    for name, run in arm_cmd.items():
+        for line in run["stderr"].splitlines():
+            if line not in x86_lines:
+                found.setdefault(line, []).append(name)
+    return {line: sorted(set(names)) for line, names in found.items()}
+
+
 def _info_differences(x86_run: dict, arm_run: dict) -> list:
     try:
         x86, arm = json.loads(x86_run["stdout"]), json.loads(arm_run["stdout"])
@@ -230,11 +241,13 @@ def compare(out: Path) -> dict:
     report = {
         "commit": (out / "commit").read_text().strip(),
         "root": json.loads((out / "root.json").read_text()),
+        "emulation": json.loads((out / "run.json").read_text()),
         "env": env,
         "timings": "none: under qemu-user emulation run times say nothing about a Raspberry Pi",
         "commands": {name: {"argv": " ".join(run["argv"]), "exit_x86_64": x86_cmd[name]["rc"],
                             "exit_arm64": run["rc"], "stderr_arm64": run["stderr"][-500:]}
                      for name, run in arm_cmd.items()},
+        "stderr_only_on_arm64": _stderr_only_on_arm64(x86_cmd, arm_cmd),
         "info_differences": _info_differences(x86_cmd["info"], arm_cmd["info"]),
         "classify": {name: _classify_rows(x86_cmd[name], arm_cmd[name])
                      for name in ("classify", "classify_onnx")},
@@ -274,7 +287,7 @@ def _checks(r: dict) -> dict:
 
 
 def markdown(r: dict) -> str:
-    root, arm, x86 = r["root"], r["env"]["arm64"], r["env"]["x86_64"]
+    root, emu, arm, x86 = r["root"], r["emulation"], r["env"]["arm64"], r["env"]["x86_64"]
     versions = ", ".join(
         f"{k} {arm['versions'][k]}" + ("" if x86["versions"].get(k) == arm["versions"][k]
                                        else f" (x86-64: {x86['versions'].get(k, 'absent')})")
@@ -285,10 +298,12 @@ def markdown(r: dict) -> str:
         f"`scripts/arm64_check.sh` at commit `{r['commit'][:10]}`: Debian {root['suite']} arm64 "
         f"root ({root['tool']}, variant {root['variant']}, {root['debian_packages']} packages, "
         f"{root['size_mib']} MiB before the venv; built in {root['build_seconds'] // 60} min "
-        f"{root['build_seconds'] % 60} s), qemu-user binfmt emulation, Python {arm['python']}.",
+        f"{root['build_seconds'] % 60} s), qemu-user {emu['qemu']} binfmt emulation of a "
+        f"{emu['qemu_cpu']}, Python {arm['python']}.",
         f"Debian packages added: {', '.join(root['include'])}. Then `pip install .` of the "
         f"checkout in a new venv (no torch): {versions}.",
-        f"Backends found: {', '.join(arm['backends'])}. Timings: none; {r['timings'].split(': ', 1)[1]}.",
+        f"The venv takes {emu['venv_mib']} MiB, the whole root {emu['root_mib']} MiB after the run "
+        f"(pip's cache included). Backends found: {', '.join(arm['backends'])}. Timings: none; {r['timings'].split(': ', 1)[1]}.",
         "",
         "| check | result |",
         "|---|---|",
@@ -340,6 +355,10 @@ def markdown(r: dict) -> str:
         lines += [f"- failed: `{f['test']}`: {f.get('failure') or f.get('error')}"
                   for f in p["failed"]]
         lines += [f"- skipped ({s['tests']}): {s['reason']}" for s in p["skip_reasons"]]
+    extra = r["stderr_only_on_arm64"]
+    if extra:
+        lines += ["", "## Printed on stderr only on arm64", ""]
+        lines += [f"- `{line}` ({', '.join(names)})" for line, names in extra.items()]
     bad = {k: c for k, c in r["commands"].items() if c["exit_arm64"] != 0 or c["exit_x86_64"] != 0}
     if bad:
         lines += ["", "## Commands that failed", ""]

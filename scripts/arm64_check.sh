@@ -9,6 +9,7 @@
 #   sudo scripts/arm64_check.sh --fresh    # rebuild the root from nothing
 #   scripts/arm64_check.sh --root DIR      # root elsewhere (default ../arm64-root, outside the repo)
 #   scripts/arm64_check.sh --root-only     # build (or check) the root, run nothing in it
+#   scripts/arm64_check.sh --cpu cortex-a76  # the CPU qemu emulates (default cortex-a72)
 #
 # Writes bench/results/arm64_check.json and .md; the raw outputs of both sides stay in
 # ROOT/opt/out/. Needs root (chroot, mounts) and Debian's qemu-user-static, binfmt-support and
@@ -19,12 +20,16 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=$(realpath -m "$REPO/../arm64-root")
 FRESH=0
 ROOT_ONLY=0
+# The Raspberry Pi 4's core (ARMv8.0-A: NEON, no dot product, no SVE), so the kernels chosen are
+# a Pi 4's; cortex-a76 is the Pi 5's, `max` everything qemu implements.
+CPU=cortex-a72
 while [ $# -gt 0 ]; do
     case "$1" in
         --fresh) FRESH=1 ;;
         --root) ROOT=$(realpath -m "$2"); shift ;;
         --root-only) ROOT_ONLY=1 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --cpu) CPU=$2; shift ;;
+        -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -146,7 +151,7 @@ set +e
     --junitxml=/opt/out/arm64/pytest.xml 2>&1 | tee /opt/out/arm64/pytest.log | tail -40
 echo "${PIPESTATUS[0]}" > /opt/out/arm64/pytest.rc
 '
-say "running in the arm64 root (emulated: slow, tens of minutes)"
+say "running in the arm64 root, qemu CPU $CPU (emulated: slow, tens of minutes)"
 # A private mount namespace: /proc, /dev and /dev/shm inside the root vanish with it, even when
 # the run is killed. No /sys: it would be the x86-64 host's CPU topology, beside qemu's x86-64
 # /proc/cpuinfo, and onnxruntime's CPU probe (cpuinfo) segfaults on that mix at import; without
@@ -157,9 +162,13 @@ unshare --mount --propagation private bash -euo pipefail -c '
     mount -t tmpfs shm "$1/dev/shm"
     exec chroot "$1" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
         PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        QEMU_CPU="$3" \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         /bin/bash -c "$2"
-' unshare-chroot "$ROOT" "$INNER"
+' unshare-chroot "$ROOT" "$INNER" "$CPU"
+printf '{"qemu_cpu": "%s", "qemu": "%s", "venv_mib": %s, "root_mib": %s}\n' "$CPU" \
+    "$(dpkg-query -W -f='${Version}' qemu-user-static)" "$(du -sxm "$ROOT/opt/venv" | cut -f1)" \
+    "$(du -sxm "$ROOT" | cut -f1)" > "$OUT/run.json"
 
 say "the same commands natively ($(uname -m)) in $REPO/.venv, on the same copy"
 ( cd "$ROOT/opt/edgeaudio" && PYTHONPATH="$ROOT/opt/edgeaudio" "$REPO/.venv/bin/python" \
