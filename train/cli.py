@@ -106,16 +106,21 @@ def training_settings(config_file, given: dict):
     options given on the command line (None = not given), the command line winning. The
     ``student`` setting picks the configuration class."""
     from .config import ConfigError, TrainConfig, read_config_file
+    from .distill import LOOP_KEY, DistillConfig
     from .multiview_train import MultiViewConfig
 
     from_file = read_config_file(config_file) if config_file else {}
     for key in NOTE_KEYS:
         from_file.pop(key, None)
+    loop = from_file.pop(LOOP_KEY, None)  # loop = "distill": the online-distillation loop
+    if loop not in (None, "distill"):
+        raise UsageError(f"--config {config_file}: loop = {loop!r}; known: distill")
     run_options = {k: from_file.pop(k) for k in RUN_KEYS if k in from_file}
     run_options.update({k: given.pop(k) for k in RUN_KEYS if given.get(k) is not None})
     given = {k: v for k, v in given.items() if v is not None}
     student = given.get("student", from_file.get("student", TrainConfig.default("student")))
-    cls = MultiViewConfig if student == "multiview" else TrainConfig
+    cls = (DistillConfig if loop == "distill"
+           else MultiViewConfig if student == "multiview" else TrainConfig)
     layers = [from_file, given]
     if cls is MultiViewConfig:
         layers = [{k: v for k, v in layer.items() if k != "student"} for layer in layers]
@@ -126,7 +131,9 @@ def training_settings(config_file, given: dict):
         if stray:
             names = ", ".join(flag_for(k) if source == "the command line" else k for k in stray)
             why = ("--student multiview trains without teachers and on one --fold"
-                   if cls is MultiViewConfig else f"--student {student} has no such setting")
+                   if cls is MultiViewConfig else "the online-distillation loop has no such "
+                   "setting" if cls is DistillConfig
+                   else f"--student {student} has no such setting")
             raise UsageError(f"{why}: {names} (from {source}) do not apply"
                              + (f"; known keys: {', '.join(sorted(known))}"
                                 if source != "the command line" else ""))
@@ -166,6 +173,9 @@ def training_settings(config_file, given: dict):
                    "papers' protocols (never used for a choice).")
 @click.option("--student", default=None,
               help="Student size (--list-students)." + _default("student"))
+@click.option("--init", type=click.Choice(["random", "mn04"]), default=None,
+              help="An mn student's starting weights: random, or mn04's channels kept by "
+                   "importance." + _default("init"))
 @click.option("--views", default=None,
               help="With --student multiview: one branch per view (mel, gammatone, cqt, raw)."
                    + _default_multiview("views"))
@@ -280,6 +290,8 @@ def train_command(config_file, resume, stop_after, quiet, **options):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .data import parse_folds
     from .loop import train, train_cv
+    from .distill import DistillConfig, train_distill
+    from .mn_student import MN_STUDENTS
     from .multiview_train import MultiViewConfig, train_multiview
     from .students import STUDENTS
 
@@ -290,22 +302,29 @@ def train_command(config_file, resume, stop_after, quiet, **options):
     threads = int(run_options.get("threads") or 1)
     fold_list = parse_folds(run_options.get("folds"))
     out = run_options.get("out")
-    if isinstance(cfg, MultiViewConfig):
+    if isinstance(cfg, (MultiViewConfig, DistillConfig)):
         if fold_list:
-            raise UsageError("--student multiview trains on one --fold")
-        out = Path(out) if out else _multiview_out(cfg)
-        metrics = train_multiview(cfg, out, resume=resume, progress=not quiet,
-                                  stop_after_epoch=stop_after, threads=threads)
+            raise UsageError("--student multiview and the distillation loop train on one "
+                             "--fold")
+        if isinstance(cfg, DistillConfig):
+            out = Path(out) if out else Path("runs") / f"{Path(cfg.data).stem}-distill"
+            metrics = train_distill(cfg, out, resume=resume, progress=not quiet,
+                                    stop_after_epoch=stop_after, threads=threads)
+        else:
+            out = Path(out) if out else _multiview_out(cfg)
+            metrics = train_multiview(cfg, out, resume=resume, progress=not quiet,
+                                      stop_after_epoch=stop_after, threads=threads)
         if "stopped_after_epoch" in metrics:
             click.echo(f"stopped after epoch {metrics['stopped_after_epoch']}; continue with "
                        f"--resume --out {out}")
         elif "accuracy" in metrics:
-            click.echo(f"held-out accuracy {metrics['accuracy']:.4f} ({metrics['readout']}) on "
+            click.echo(f"held-out accuracy {metrics['accuracy']:.4f} "
+                       f"({metrics.get('readout') or getattr(cfg, 'student', '')}) on "
                        f"{metrics['n_test']} clips; {out / 'metrics.json'}")
         return
-    if cfg.student not in STUDENTS:
-        raise UsageError(f"unknown student {cfg.student!r} (known: {', '.join(STUDENTS)}, "
-                         f"multiview)")
+    if cfg.student not in STUDENTS and cfg.student not in MN_STUDENTS:
+        raise UsageError(f"unknown student {cfg.student!r} (known: "
+                         f"{', '.join([*STUDENTS, *MN_STUDENTS])}, multiview)")
     from .teachers.registry import UnknownTeacherError, validate_teacher_names
     try:
         validate_teacher_names(list(cfg.teachers) + list(cfg.kd_teachers))

@@ -141,6 +141,7 @@ class TrainConfig(Settings):
     select: str = "best"                               # best validation epoch, or "last"
     test_curve: bool = False                           # test accuracy every eval (reporting only)
     student: str = "small"
+    init: str = "random"                               # "mn04": an mn student inherits mn04
     teachers: list = field(default_factory=list)     # for the regulariser / fusion
     reg: str = "none"
     alpha: float | None = None                         # None: 5 for con, 1 for dis
@@ -231,6 +232,11 @@ class TrainConfig(Settings):
                              f"no epoch of --epochs {self.epochs} for the contrastive term")
         if self.contrastive_weight < 0:
             raise TrainError(f"--contrastive-weight must be >= 0, got {self.contrastive_weight}")
+        if self.init not in ("random", "mn04"):
+            raise TrainError(f"--init {self.init!r}: choose random or mn04")
+        if self.init == "mn04" and not self.student.startswith("mn"):
+            raise TrainError(f"--init mn04 is for the mn students (mn02, mn01, ...), not "
+                             f"--student {self.student}")
         if self.background and not self.background_label.strip():
             raise TrainError("--background-label must name the class")
         if self.select not in self.SELECT:

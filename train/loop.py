@@ -201,12 +201,12 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                                       torch.from_numpy(np.ascontiguousarray(x, np.float32)))
             if cfg.specaugment:
                 feats = spec_augment(feats, rng, cfg, n_harm)
-            n_out = feats.shape[1] // network.time_stride
+            l = modules.embed(feats)
             v = None
-            if reg_frames is not None:
-                tv = teacher_targets(reg_frames, crops, n_out)
+            if reg_frames is not None:  # the teacher frames aligned to the embedding frames
+                tv = teacher_targets(reg_frames, crops, l.shape[1])
                 v = torch.from_numpy(lam * tv + (1.0 - lam) * tv[perm])
-            logits, l = modules.logits(feats, v)
+            logits = modules.head(l, v)
             if lam_vec is None:
                 ce = mixup_cross_entropy(logits, y_a, y_b, lam)
             else:

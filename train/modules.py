@@ -29,6 +29,9 @@ class RunModules:
 
     def __init__(self, cfg, n_classes: int, teacher_dim: int):
         self.student = build_student(cfg.student, n_classes)
+        if cfg.init != "random":  # an mn student starting from the AudioSet teacher's weights
+            from .mn_student import initialize
+            initialize(self.student, cfg.init)
         if cfg.channels_last:
             self.student.network.to(memory_format=torch.channels_last)
         emb_dim = self.student.network.embedding_dim
@@ -53,12 +56,17 @@ class RunModules:
         for m in self.aux_modules().values():
             m.train(mode)
 
-    def logits(self, feats: torch.Tensor, v: torch.Tensor | None):
+    def embed(self, feats: torch.Tensor) -> torch.Tensor:
+        """The student's embedding frames ``l [B, T_out, D]`` (its own frame count: an mn
+        student's is ``ceil(T / stride)``, a harmonic one's ``T // stride``)."""
+        return self.student.network.embed(feats)
+
+    def head(self, l: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
+        """Logits from the embedding (and, for a fusion baseline, the teacher frames ``v``)."""
         network = self.student.network
-        l = network.embed(feats)
         if self.fusion is not None:
-            return self.fusion(network, l, v), l
-        return network.classify(l), l
+            return self.fusion(network, l, v)
+        return network.classify(l)
 
     def optimizer(self, cfg) -> torch.optim.Optimizer:
         return adamw(self.parameters(), cfg.lr, cfg.weight_decay)
@@ -91,12 +99,12 @@ def predict(modules: RunModules, waves: list, indices: np.ndarray, teacher_frame
                 w = waves[indices[pos]]
                 batch[row, :len(w)] = w
             feats = modules.student.features(torch.from_numpy(batch))
+            l = modules.embed(feats)
             v = None
             if modules.fusion is not None:
-                n_out = feats.shape[1] // network.time_stride
-                v = torch.from_numpy(np.stack([align_frames(teacher_frames[indices[p]], n_out)
-                                               for p in chunk]))
-            logits, _ = modules.logits(feats, v)
+                v = torch.from_numpy(np.stack([align_frames(teacher_frames[indices[p]],
+                                                            l.shape[1]) for p in chunk]))
+            logits = modules.head(l, v)
             out[chunk] = logits.numpy()
     return out
 

@@ -26,13 +26,12 @@ def test_there_are_committed_configuration_files():
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_committed_configuration_builds_and_validates(path):
-    from edgeaudio.train.distill import is_distill_config, read_distill_config
-    if is_distill_config(path):  # a row of the online-distillation loop (train/distill.py)
-        read_distill_config(path, data="clips.csv", fold=1).validate()
-        assert read_config_file(path)["description"]
-        return
+    from edgeaudio.train.distill import DistillConfig, is_distill_config
     cfg, run_options = training_settings(path, {"data": "clips.csv", "fold": 1})
-    assert isinstance(cfg, (TrainConfig, MultiViewConfig)) and cfg.data == "clips.csv"
+    assert isinstance(cfg, (TrainConfig, MultiViewConfig, DistillConfig))
+    assert cfg.data == "clips.csv"
+    # loop = "distill" names the online-distillation loop (train/distill.py)
+    assert isinstance(cfg, DistillConfig) == is_distill_config(path)
     cfg.validate()
     assert read_config_file(path)["description"]  # every row says what it is
 
@@ -85,3 +84,40 @@ def test_unknown_or_misplaced_keys_are_refused_by_name(tmp_path):
     assert result.exit_code == 2 and "cannot parse" in result.output
     result = CliRunner().invoke(main, ["train", "--config", str(path), "--data", "d"])
     assert result.exit_code == 2 and "epochz" in result.output
+
+
+def test_the_mn_family_and_the_distillation_loop_run_from_the_command_line(tmp_path):
+    """An mn student through the old recipe's loop with --init, and a configuration file
+    naming the online-distillation loop, both through `edgeaudio train` (one tiny epoch)."""
+    from ..conftest import SHARED
+    if not (SHARED / "weights" / "efficientat" / "mn04_as_mAP_432.pt").exists():
+        pytest.skip("EfficientAT mn04 weights not in the shared folder")
+    import csv
+    import numpy as np
+    import soundfile as sf
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, name in enumerate(["low", "high"]):
+        for i in range(4):
+            t = np.arange(16000) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * (300 + 1500 * c) * t) + rng.normal(0, 0.01, 16000)
+            sf.write(tmp_path / f"{name}{i}.wav", wave.astype(np.float32), 16000)
+            rows.append((f"{name}{i}.wav", name, i % 2 + 1))
+    data = tmp_path / "clips.csv"
+    with open(data, "w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label", "fold"), *rows])
+    common = ["--data", str(data), "--fold", "2", "--epochs", "1", "--batch-size", "2",
+              "--quiet"]
+    old = CliRunner().invoke(main, ["train", "--student", "mn01", "--init", "mn04",
+                                    "--validation-fraction", "0", "--crop", "1.0",
+                                    "--out", str(tmp_path / "old"), *common])
+    assert old.exit_code == 0, old.output
+    distill = tmp_path / "distill.toml"
+    distill.write_text('loop = "distill"\ndescription = "tiny"\nstudent = "mn01"\n'
+                       'init = "random"\nteacher = "efficientat"\n')
+    new = CliRunner().invoke(main, ["train", "--config", str(distill),
+                                    "--out", str(tmp_path / "new"), *common])
+    assert new.exit_code == 0, new.output
+    from edgeaudio.train.checkpoint import load_student
+    for run in ("old", "new"):
+        assert load_student(tmp_path / run)[1]["student"] == "mn01"
