@@ -73,7 +73,7 @@ def load_plain(path, error: type[Exception] = None, what: str = "checkpoint",
     path = Path(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         raise error(f"{path}: refused: this {what} holds objects other than tensors and plain "
                     f"data (loading it could run code); only files written by edgeaudio "
                     f"load") from None

@@ -51,7 +51,7 @@ from .evaluation import classification_report
 from .losses import Regularizer, fit_crossfit_probes, kd_loss, mixup_cross_entropy
 from .mn_student import IMPORTANCE, initialize, is_mn_student, recalibrate_batchnorm
 from .modules import RunModules, predict, training_features
-from .run import EpochLoop, RunFolder
+from .run import EpochLoop, open_training_run
 from .schedule import adamw, epoch_order, lr_factor
 from .students import build_student, count_macs_per_second, count_params, \
     student_frontend_settings
@@ -192,13 +192,8 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
                   get_teacher: Callable | None = None, threads: int | None = 1) -> dict:
     """Train one run into ``out_dir``; returns its metrics (``metrics.json``), or
     ``{"stopped_after_epoch": k}`` when ``stop_after_epoch`` stopped it as a kill would."""
-    cfg.validate()
-    if threads:
-        torch.set_num_threads(threads)
-    run = RunFolder(out_dir, cfg, resume=resume, error=TrainError)
+    run = open_training_run(cfg, out_dir, resume=resume, error=TrainError, threads=threads)
     state = run.state
-    if state is not None and state.get("train_state") is None:
-        raise TrainError(f"{run.checkpoint_path}: holds no training state to resume from")
 
     settings = student_frontend_settings(cfg.student)
     rate = int(settings["sample_rate"])

@@ -42,7 +42,7 @@ from .modules import RunModules, predict, training_features
 from .plots import plot_confusion, plot_curves, plot_fold_accuracies
 from .preparation import (Prepared, load_run_dataset, mixture_batch, pooled_crops, prepare,
                           teacher_targets)
-from .run import EpochLoop, RunFolder
+from .run import EpochLoop, RunFolder, open_training_run
 from .schedule import epoch_order, lr_factor
 from .students import count_macs_per_second, count_params, student_frontend_settings
 
@@ -81,13 +81,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
     ``stop_after_epoch`` stops after that epoch as a kill would (checkpoint written, no final
     metrics), for resume tests. With ``resume``, continues from ``out_dir/checkpoint.pt``.
     """
-    cfg.validate()
-    if threads:
-        torch.set_num_threads(threads)
-    run = RunFolder(out_dir, cfg, resume=resume, error=TrainError)
+    run = open_training_run(cfg, out_dir, resume=resume, error=TrainError, threads=threads)
     state = run.state
-    if state is not None and state.get("train_state") is None:
-        raise TrainError(f"{run.checkpoint_path}: holds no training state to resume from")
 
     prep = prepared or prepare(cfg, progress=progress, cache=cache, get_teacher=get_teacher,
                                out_dir=run.out_dir)

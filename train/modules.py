@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .contrastive import ProjectionHead
+from .data import clip_batches
 from .losses import FusionHead, Regularizer
 from .schedule import adamw
 from .students import build_student
@@ -88,23 +89,12 @@ def predict(modules: RunModules, waves: list, indices: np.ndarray, teacher_frame
     network = modules.student.network
     min_samples = modules.student.frontend.spec.samples_for_frames(network.min_frames)
     out = np.zeros((len(indices), network.n_classes), dtype=np.float32)
-    by_length: dict[int, list[int]] = {}
-    for pos, idx in enumerate(indices):
-        by_length.setdefault(max(len(waves[idx]), min_samples), []).append(pos)
-    for length, positions in sorted(by_length.items()):
-        for s in range(0, len(positions), batch_size):
-            chunk = positions[s:s + batch_size]
-            batch = np.zeros((len(chunk), length), dtype=np.float32)
-            for row, pos in enumerate(chunk):
-                w = waves[indices[pos]]
-                batch[row, :len(w)] = w
-            feats = modules.student.features(torch.from_numpy(batch))
-            l = modules.embed(feats)
-            v = None
-            if modules.fusion is not None:
-                v = torch.from_numpy(np.stack([align_frames(teacher_frames[indices[p]],
-                                                            l.shape[1]) for p in chunk]))
-            logits = modules.head(l, v)
-            out[chunk] = logits.numpy()
+    for chunk, batch in clip_batches(waves, indices, min_samples, batch_size):
+        l = modules.embed(modules.student.features(batch))
+        v = None
+        if modules.fusion is not None:
+            v = torch.from_numpy(np.stack([align_frames(teacher_frames[indices[p]],
+                                                        l.shape[1]) for p in chunk]))
+        out[chunk] = modules.head(l, v).numpy()
     return out
 

@@ -218,7 +218,6 @@ def check_teachers(cfg: TrainConfig, dataset: Dataset, waves: list, rate: int, t
     the regulariser's teachers get the same verdict in the log. Returns the KD target kept."""
     targets, n = dataset.targets, len(dataset.labels)
     baseline = probe_accuracy(baseline_features(waves, rate), targets, train_idx, val_idx, n)
-    checks = {"baseline_validation_accuracy": baseline}
     if kd_target is not None:
         pooled = np.stack([f.mean(axis=0) for f in kd_frames])
         teacher = float((kd_target.soft_targets(pooled[val_idx], val_idx, 1.0).argmax(1)

@@ -90,6 +90,19 @@ class RunFolder:
         return atomic_write_json(self.out_dir / name, payload)
 
 
+def open_training_run(cfg, out_dir, *, resume: bool, error: type[Exception],
+                      threads: int | None = 1) -> RunFolder:
+    """What a checkpointed student loop does first: validate ``cfg``, set torch's threads,
+    open the run folder; a resumed checkpoint must hold training state."""
+    cfg.validate()
+    if threads:
+        torch.set_num_threads(threads)
+    run = RunFolder(out_dir, cfg, resume=resume, error=error)
+    if run.state is not None and run.state.get("train_state") is None:
+        raise error(f"{run.checkpoint_path}: holds no training state to resume from")
+    return run
+
+
 def seed_epoch(seed: int, epoch: int) -> np.random.Generator:
     """The epoch's numpy generator; torch's global seed (dropout) set from the same pair."""
     torch.manual_seed(seed * 100_003 + epoch)

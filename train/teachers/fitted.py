@@ -117,7 +117,7 @@ def _read_member_payload(path: Path) -> dict:
         raise TeacherWeightsError(
             f"{path}: refused: it holds Python objects other than tensors and plain values"
             + (f" ({named.group(1)})" if named else "") + ", which could run code when "
-            f"loaded; a fitted teacher member holds only those") from None
+            "loaded; a fitted teacher member holds only those") from None
     except Exception as exc:  # torch reports a damaged archive in several types
         raise TeacherWeightsError(f"{path}: cannot read (truncated or corrupt?): "
                                   f"{str(exc)[:200]}") from None
