@@ -1,11 +1,19 @@
 """What the training benchmarks share (train_esc50, contrastive_esc10, teacher_fit,
-multiview_esc50): the ESC-50 presence check and writing the report."""
+multiview_esc50, mn_student_esc50): where the repository and ESC-50 are, one torch thread per
+run that waits passively, the ESC-50 presence check, the rows as configuration files, and
+writing the report."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from edgeaudio.files import atomic_write_json
+from edgeaudio.files import atomic_write_json, shared_dir
+
+# two 1-thread runs at once beat one 2-thread run; busy-waiting threads would steal the core
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = Path(__file__).resolve().parents[1]
+ESC50 = shared_dir() / "data" / "esc50"
 
 
 def esc50_present(esc50: Path) -> bool:

@@ -51,13 +51,9 @@ import time
 from pathlib import Path
 
 import _runs
-from _runs import esc50_present, save_report
+from _runs import ESC50, REPO, esc50_present, save_report
 
-from edgeaudio.files import shared_dir
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-REPO = Path(__file__).resolve().parents[1]
-ESC50 = shared_dir() / "data" / "esc50"
 RUNS = REPO / "runs" / "bench" / "contrastive_esc10"
 RESULTS = REPO / "bench" / "results" / "contrastive_esc10.json"
 CURVES_PLOT = REPO / "docs" / "contrastive" / "esc10_label_fractions.png"

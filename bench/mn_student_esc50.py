@@ -38,13 +38,9 @@ import time
 from pathlib import Path
 
 import _runs
-from _runs import esc50_present, save_report
+from _runs import ESC50, REPO, esc50_present, save_report
 
-from edgeaudio.files import shared_dir
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-REPO = Path(__file__).resolve().parents[1]
-ESC50 = shared_dir() / "data" / "esc50"
 CONFIGS = REPO / "bench" / "configs" / "mn_student_esc50"
 RUNS = REPO / "runs" / "bench" / "mn_student_esc50"
 RESULTS = REPO / "bench" / "results" / "mn_student_esc50.json"

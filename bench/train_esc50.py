@@ -27,13 +27,9 @@ import time
 from pathlib import Path
 
 import _runs
-from _runs import esc50_present, save_report
+from _runs import ESC50, REPO, esc50_present, save_report
 
-from edgeaudio.files import shared_dir
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-REPO = Path(__file__).resolve().parents[1]
-ESC50 = shared_dir() / "data" / "esc50"
 RUNS = REPO / "runs" / "bench" / "train_esc50"
 RESULTS = REPO / "bench" / "results" / "train_esc50.json"
 CONFIGS = REPO / "bench" / "configs" / "train_esc50"
