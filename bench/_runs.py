@@ -25,7 +25,12 @@ def esc50_present(esc50: Path) -> bool:
 
 
 def save_report(results: dict, path: Path, table: str, repo: Path) -> None:
-    """Writes ``results`` as JSON to ``path``, prints the markdown ``table`` and the path."""
+    """Writes ``results`` as JSON to ``path``, prints the markdown ``table`` and the path.
+    With no finished run (a fresh checkout) the committed results are left as they are."""
+    if not results.get("rows"):
+        print(f"no finished runs: {path.relative_to(repo)} left as it is (run the rows first)",
+              file=sys.stderr)
+        return
     atomic_write_json(path, results)
     print(table)
     print(f"\n{path.relative_to(repo)}", file=sys.stderr)
@@ -71,3 +76,12 @@ def row_command(path: Path, repo: Path, out: Path, **flags) -> str:
     parts += [f"{flag_for(k)} {v}" for k, v in flags.items()]
     parts.append(f"--out {out.relative_to(repo)}")
     return " ".join(parts)
+
+
+def finished_folds(row_dir: Path):
+    """``(fold, metrics)`` of every finished run ``row_dir/fold<k>`` (its metrics.json), by fold."""
+    import json
+    for fold_dir in sorted(Path(row_dir).glob("fold*"), key=lambda p: int(p.name[4:])):
+        path = fold_dir / "metrics.json"
+        if path.exists():
+            yield int(fold_dir.name[4:]), json.loads(path.read_text())

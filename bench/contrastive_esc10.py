@@ -115,13 +115,8 @@ def collect() -> dict:
                            "cpus": os.cpu_count()}}
     for row, path in ROWS.items():
         folds = {}
-        for fold_dir in sorted((RUNS / row).glob("fold*")):
-            path = fold_dir / "metrics.json"
-            if not path.exists():
-                continue
-            m = json.loads(path.read_text())
+        for fold, m in _runs.finished_folds(RUNS / row):
             curve = held_out_curve(m)
-            fold = int(fold_dir.name[4:])
             folds[fold] = {"best": max(curve), "last_mean": statistics.mean(curve[-LAST:]),
                            "curve": curve,
                            "contrastive_warmup": (m.get("contrastive") or {}).get("warmup_epochs"),

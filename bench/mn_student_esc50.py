@@ -180,18 +180,14 @@ def collect() -> dict:
     results = {"rows": []}
     for row in ROWS:
         folds = {}
-        for fold_dir in sorted((RUNS / row).glob("fold*")):
-            path = fold_dir / "metrics.json"
-            if not path.exists():
-                continue
-            m = json.loads(path.read_text())
+        for fold, m in _runs.finished_folds(RUNS / row):
             kd = m.get("kd") or {}
-            folds[int(fold_dir.name[4:])] = {
+            folds[fold] = {
                 "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "params": m["params"],
                 "macs_per_second": m["macs_per_second"], "train_seconds": m["train_seconds"],
                 "epochs": m["epochs"], "teacher_test_accuracy": kd.get(
                     "teacher_test_accuracy", kd.get("probe_test_accuracy")),
-                "command": cli_command(row, int(fold_dir.name[4:]))}
+                "command": cli_command(row, fold)}
         if folds:
             accs = [f["accuracy"] for f in folds.values()]
             results["rows"].append({"row": row, "description": description(row),

@@ -19,7 +19,6 @@ run's ``metrics.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -90,12 +89,7 @@ def collect() -> dict:
         if row not in ROW_FILES:
             continue
         folds = {}
-        for fold_dir in sorted(folder.glob("fold*")):
-            metrics_path = fold_dir / "metrics.json"
-            if not metrics_path.exists():
-                continue
-            m = json.loads(metrics_path.read_text())
-            fold = int(fold_dir.name[4:])
+        for fold, m in _runs.finished_folds(folder):
             folds[fold] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                            "train_seconds": m["train_seconds"], "epochs": m["epochs"],
                            "n_train": m["n_train"], "params": m["params"],
