@@ -52,7 +52,7 @@ from .losses import Regularizer, fit_crossfit_probes, kd_loss, mixup_cross_entro
 from .mn_student import IMPORTANCE, initialize, is_mn_student, recalibrate_batchnorm
 from .modules import RunModules, predict, training_features
 from .run import EpochLoop, open_training_run
-from .schedule import adamw, epoch_order, lr_factor
+from .schedule import adamw, epoch_order, schedule_step
 from .students import build_student, count_macs_per_second, count_params, \
     student_frontend_settings
 from .teachers.registry import kd_head_for, parse_teacher_names
@@ -269,10 +269,7 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
         sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "con": 0.0}
         correct = seen = 0
         for step in range(steps_per_epoch):
-            global_step = (epoch - 1) * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(global_step, steps_per_epoch, cfg.epochs,
-                                                 cfg.warmup_epochs)
+            schedule_step(optimizer, cfg, epoch, step, steps_per_epoch)
             idx = order[step * batch_size:(step + 1) * batch_size]
             x = make_crops(waves, idx, crop_samples, rate, rng, gain_db=cfg.gain_db).waves
             lam, perm = 1.0, np.arange(len(idx))

@@ -43,7 +43,7 @@ from .plots import plot_confusion, plot_curves, plot_fold_accuracies
 from .preparation import (Prepared, load_run_dataset, mixture_batch, pooled_crops, prepare,
                           teacher_targets)
 from .run import EpochLoop, RunFolder, open_training_run
-from .schedule import epoch_order, lr_factor
+from .schedule import epoch_order, schedule_step
 from .students import count_macs_per_second, count_params, student_frontend_settings
 
 CONTRASTIVE_STREAM = 5801  # names the contrastive term's own random stream (seed, epoch, this)
@@ -165,10 +165,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                                           steps_per_epoch * batch_size, con_rng)
         correct = seen = 0
         for step in range(steps_per_epoch):
-            global_step = (epoch - 1) * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(global_step, steps_per_epoch, cfg.epochs,
-                                                 cfg.warmup_epochs)
+            schedule_step(optimizer, cfg, epoch, step, steps_per_epoch)
             idx = order[step * batch_size:(step + 1) * batch_size]
             lam, perm = 1.0, np.arange(len(idx))
             y_a = torch.from_numpy(dataset.targets[idx])

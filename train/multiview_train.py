@@ -46,7 +46,7 @@ from .evaluation import classification_report
 from .multiview import MultiViewNet, MultiViewObjective, describe_costs, self_ensemble
 from .plots import plot_confusion, plot_curves
 from .run import EpochLoop, RunFolder
-from .schedule import adamw, lr_factor
+from .schedule import adamw, schedule_step
 from .views import parse_views
 
 # --blend value -> MultiViewObjective mode
@@ -247,10 +247,7 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
         sums: dict[str, float] = {"loss": 0.0}
         correct = seen = 0
         for step in range(steps_per_epoch):
-            global_step = (epoch - 1) * steps_per_epoch + step + 1
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(global_step - 1, steps_per_epoch, cfg.epochs,
-                                                 cfg.warmup_epochs)
+            global_step = schedule_step(optimizer, cfg, epoch, step, steps_per_epoch) + 1
             idx = order[step * batch_size:(step + 1) * batch_size]
             crops = make_crops(waves, idx, crop_samples, rate, rng, gain_db=cfg.gain_db)
             x = torch.from_numpy(crops.waves)

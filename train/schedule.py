@@ -25,6 +25,17 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: int) 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def schedule_step(optimizer: torch.optim.Optimizer, cfg, epoch: int, step: int,
+                  steps_per_epoch: int) -> int:
+    """Set every parameter group's learning rate for ``step`` of ``epoch`` (``cfg``: lr,
+    epochs, warmup_epochs); returns the global step (0-based)."""
+    global_step = (epoch - 1) * steps_per_epoch + step
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * lr_factor(global_step, steps_per_epoch, cfg.epochs,
+                                         cfg.warmup_epochs)
+    return global_step
+
+
 def adamw(parameters: Iterable[torch.nn.Parameter], lr: float,
           weight_decay: float) -> torch.optim.AdamW:
     """AdamW whose weight decay applies to matrices and kernels (``ndim > 1``) only."""
