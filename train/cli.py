@@ -126,7 +126,7 @@ def training_settings(config_file, given: dict):
     known = set(cls.known_keys())
     for source, layer in (("--config " + str(config_file), layers[0]),
                           ("the command line", layers[1])):
-        stray = [k for k in layer if k not in known]
+        stray = [k for k in layer if cls.RENAMED.get(k, k) not in known]  # old names too
         if stray:
             names = ", ".join(flag_for(k) if source == "the command line" else k for k in stray)
             why = ("--student multiview trains without teachers and on one --fold"

@@ -58,6 +58,13 @@ def test_command_line_wins_over_the_file_and_the_file_over_defaults(tmp_path):
     assert training_settings(toml, {"data": "d", "lr": 0.5})[0] == cfg
 
 
+def test_an_old_key_of_a_renamed_setting_still_reads(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text('recipe = "esc50"\nval_fraction = 0.3\n')
+    cfg, _ = training_settings(path, {"data": "d"})
+    assert cfg.layout == "esc50" and cfg.test_fraction == 0.3
+
+
 def test_no_flags_means_the_configuration_class_defaults():
     cfg, _ = training_settings(None, {"data": "d", "epochs": None, "teachers": None})
     assert cfg == TrainConfig(data="d")
