@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = shared_dir()
 WORK = REPO / "runs" / "bench" / "short_clips_fsdd"
-CONFIG = REPO / "bench" / "configs" / "short_clips_fsdd" / "small.toml"
+CONFIGS = REPO / "bench" / "configs" / "short_clips_fsdd"   # one row a file: small, mn02-inherit
 RESULTS = REPO / "bench" / "results" / "short_clips_fsdd.json"
 RATE = 16000
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
@@ -125,21 +125,29 @@ def prepare() -> Path:
 def edgeaudio(*args, log: Path | None = None) -> None:
     cmd = [sys.executable, "-m", "edgeaudio", *map(str, args)]
     print("$ edgeaudio " + " ".join(map(str, args)), flush=True)
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") if log else open(os.devnull, "w") as out:
         subprocess.run(cmd, check=True, cwd=REPO, stderr=out if log else None)
 
 
-def run() -> None:
+def row_dirs(row: str) -> tuple[Path, Path]:
+    """(run folder, model folder) of a row; the first row keeps the folders it was run in."""
+    return ((WORK / "run", WORK / "models") if row == "small"
+            else (WORK / row / "run", WORK / row / "models"))
+
+
+def run(row: str) -> None:
     data = prepare()
-    run_dir, models = WORK / "run", WORK / "models"
+    run_dir, models = row_dirs(row)
     if not (run_dir / "metrics.json").exists():
-        edgeaudio("train", "--config", CONFIG, "--data", data, "--out", run_dir,
+        edgeaudio("train", "--config", CONFIGS / f"{row}.toml", "--data", data, "--out", run_dir,
                   "--background", "silence", "--background", WORK / "background-train",
                   *(["--resume"] if (run_dir / "checkpoint.pt").exists() else []),
-                  log=WORK / "train.err")
+                  log=run_dir.parent / "train.err")
     if not (models / "model.int8.tflite").exists():
         edgeaudio("export", run_dir, "--int8", "--format", "tflite", "--calibration", 200,
-                  "--out", models, log=WORK / "export.err")
+                  "--out", models, log=run_dir.parent / "export.err")
 
 
 def held_out_stream(labels: list, window_seconds: float) -> tuple[np.ndarray, list, dict]:
@@ -174,15 +182,17 @@ def held_out_stream(labels: list, window_seconds: float) -> tuple[np.ndarray, li
     return np.concatenate(parts), truth, kinds
 
 
-def report() -> int:
+def report(row: str) -> dict | None:
     from edgeaudio import load_model
     from edgeaudio.event_scoring import alarm_summary, latency_summary, score_stream
     from edgeaudio.stream import Event
 
-    path = WORK / "models" / "model.int8.tflite"
+    run_dir, models = row_dirs(row)
+    path = models / "model.int8.tflite"
     if not path.exists():
-        print(f"{path} not found: run `bench/short_clips_fsdd.py run` first", file=sys.stderr)
-        return 2
+        print(f"{path} not found: run `bench/short_clips_fsdd.py run {row}` first",
+              file=sys.stderr)
+        return None
     model = load_model(path, backend="litert")
     win = model.info.window_samples
     rows = [r for r in csv.DictReader(open(WORK / "digits.csv")) if int(r["fold"]) == TEST_FOLD]
@@ -220,12 +230,12 @@ def report() -> int:
     found = latency_summary(score.latencies)
     alarms = alarm_summary([score])
     per_10min = alarms["false_alarms"] / (alarms["background_hours"] * 6)
-    metrics = json.loads((WORK / "run" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     results = {
         "machine": {"platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
-        "config": str(CONFIG.relative_to(REPO)),
+        "row": row, "config": str((CONFIGS / f"{row}.toml").relative_to(REPO)),
         "student": metrics["student"], "params": metrics["params"],
         "selected_epoch": metrics["selected_epoch"], "epochs": metrics["epochs"],
         "validation_accuracy": metrics["validation_accuracy"],
@@ -246,31 +256,41 @@ def report() -> int:
                    "stream_minutes": len(audio) / RATE / 60, "gaps": kinds,
                    "listen_wall_seconds": round(listen_seconds, 1)},
     }
-    atomic_write_json(RESULTS, results)
     c, li = results["classify"], results["listen"]
-    print(f"| int8 TFLite through classify | {100 * c['accuracy_classify']:.1f} % "
+    print(f"| {row}: int8 TFLite through classify | {100 * c['accuracy_classify']:.1f} % "
           f"| same file, one window per clip | {100 * c['accuracy_one_window']:.1f} % "
           f"| difference {c['difference_points']:+.1f} points |")
-    print(f"| listen on {li['stream_minutes']:.0f} min of held-out digits and gaps | found "
-          f"{li['found']}/{li['events']} ({100 * li['found_rate']:.1f} %) | "
+    print(f"| {row}: listen on {li['stream_minutes']:.0f} min of held-out digits and gaps | "
+          f"found {li['found']}/{li['events']} ({100 * li['found_rate']:.1f} %) | "
           f"{li['false_events']} false events in {li['background_minutes']:.1f} min of gaps "
           f"({li['false_events_per_10min']:.2f} per 10 min) | {li['confusions']} confusions |")
-    print(f"\n{RESULTS.relative_to(REPO)}", file=sys.stderr)
-    return 0
+    return results
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("rows", nargs="*", default=["small"],
+                        help=f"rows (configuration files in {CONFIGS.relative_to(REPO)}); "
+                             f"default: small")
     args = parser.parse_args(argv)
     if not (SHARED / "data" / "fsdd" / "recordings").is_dir():
         print(f"FSDD not found under {SHARED} (set EDGEAUDIO_SHARED)", file=sys.stderr)
         return 2
     if args.command == "run":
-        run()
+        for row in args.rows:
+            run(row)
         return 0
-    return report()
+    rows = [r for r in (report(row) for row in args.rows) if r is not None]
+    if not rows:
+        return 2
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    kept = {r["row"]: r for r in previous.get("rows", [])} if "rows" in previous else {}
+    kept.update({r["row"]: r for r in rows})
+    atomic_write_json(RESULTS, {"rows": list(kept.values())})
+    print(f"\n{RESULTS.relative_to(REPO)}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
