@@ -609,6 +609,15 @@ def drop_items(dataset: Dataset, waves: list, skipped: list[dict]) -> tuple[Data
     return new, [waves[i] for i in keep]
 
 
+def decode_dataset(dataset: Dataset, sample_rate: int, *, skip_unreadable: bool = False,
+                   progress: bool = False) -> tuple[Dataset, list]:
+    """(the dataset less its unreadable items, their waveforms): ``load_waveforms`` then
+    ``drop_items``, as every run decodes its clips."""
+    waves, bad = load_waveforms(dataset.items, sample_rate, skip_unreadable=skip_unreadable,
+                                progress=progress)
+    return drop_items(dataset, waves, bad)
+
+
 class _Collect(logging.Filter):
     """Gathers the runtime's per-file clipping warnings into one summary line."""
 

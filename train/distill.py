@@ -45,8 +45,8 @@ from .augment import spec_augment
 from .cache import EmbeddingCache, teacher_features
 from .checkpoint import save_checkpoint
 from .config import Settings, TrainError
-from .data import (drop_items, load_dataset, load_waveforms, make_crops, require_classes,
-                   select_classes, split_indices)
+from .data import (decode_dataset, load_dataset, make_crops, require_classes, select_classes,
+                   split_indices)
 from .evaluation import classification_report
 from .losses import Regularizer, fit_crossfit_probes, kd_loss, mixup_cross_entropy
 from .mn_student import IMPORTANCE, initialize, is_mn_student, recalibrate_batchnorm
@@ -199,9 +199,8 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
     rate = int(settings["sample_rate"])
     dataset = select_classes(load_dataset(cfg.data, cfg.layout), cfg.classes)[0]
     require_classes(dataset)
-    waves, bad = load_waveforms(dataset.items, rate, skip_unreadable=cfg.skip_unreadable,
-                                progress=progress)
-    dataset, waves = drop_items(dataset, waves, bad)
+    dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                    progress=progress)
     labels = dataset.labels
     train_idx, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
                                         test_fraction=cfg.test_fraction,

@@ -10,7 +10,7 @@ from edgeaudio.files import atomic_write_json
 
 from .checkpoint import load_student
 from .config import TrainConfig, TrainError
-from .data import Dataset, DatasetError, drop_items, load_dataset, load_waveforms, split_indices
+from .data import Dataset, DatasetError, decode_dataset, load_dataset, split_indices
 from .modules import RunModules, predict
 from .plots import plot_confusion
 from .preparation import load_run_dataset
@@ -61,8 +61,8 @@ def evaluate_run(run_dir, data: str | None = None, layout: str | None = None,
         if not cfg.data:
             raise TrainError(f"{run_dir}: the checkpoint does not record its data; pass --data")
         dataset = load_run_dataset(cfg)[0]
-        dataset, waves = drop_items(dataset, *load_waveforms(
-            dataset.items, rate, skip_unreadable=cfg.skip_unreadable, progress=progress))
+        dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                        progress=progress)
         _, indices = split_indices(dataset, cfg.fold, seed=cfg.seed,
                                    test_fraction=cfg.test_fraction)
     else:
@@ -74,8 +74,7 @@ def evaluate_run(run_dir, data: str | None = None, layout: str | None = None,
                                f"({len(unknown)} file(s) in all; the model knows: "
                                f"{', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''})")
         dataset = Dataset(dataset.items, labels, dataset.kind, dataset.source, dataset.skipped)
-        dataset, waves = drop_items(dataset, *load_waveforms(dataset.items, rate,
-                                                             progress=progress))
+        dataset, waves = decode_dataset(dataset, rate, progress=progress)
         if fold is not None:
             folds = np.array([item.fold for item in dataset.items])
             indices = np.flatnonzero(folds == fold)

@@ -35,7 +35,7 @@ from .cache import EmbeddingCache
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, TrainError
 from .contrastive import TAU, mixed_view_loss
-from .data import drop_items, load_waveforms, make_crops
+from .data import decode_dataset, make_crops
 from .evaluation import classification_report
 from .losses import kd_loss, mixup_cross_entropy
 from .modules import RunModules, predict, training_features
@@ -333,9 +333,8 @@ def train_cv(cfg: TrainConfig, folds: list[int], out_dir, *, resume: bool = Fals
     cfg.validate()
     dataset = load_run_dataset(cfg)[0]
     rate = int(student_frontend_settings(cfg.student)["sample_rate"])
-    waves, bad = load_waveforms(dataset.items, rate, skip_unreadable=cfg.skip_unreadable,
-                                progress=progress)
-    dataset, waves = drop_items(dataset, waves, bad)
+    dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                    progress=progress)
     per_fold = {}
     for fold in folds:
         fold_cfg = TrainConfig.from_dict({**cfg.to_dict(), "fold": fold})

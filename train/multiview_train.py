@@ -40,8 +40,8 @@ from .augment import spec_augment
 from .blending import plot_weights
 from .checkpoint import save_checkpoint
 from .config import Settings
-from .data import (clip_batches, drop_items, load_dataset, load_waveforms, make_crops,
-                   require_classes, split_indices, validation_split)
+from .data import (clip_batches, decode_dataset, load_dataset, make_crops, require_classes,
+                   split_indices, validation_split)
 from .evaluation import classification_report
 from .multiview import MultiViewNet, MultiViewObjective, describe_costs, self_ensemble
 from .plots import plot_confusion, plot_curves
@@ -185,9 +185,9 @@ def train_multiview(cfg: MultiViewConfig, out_dir, *, resume: bool = False,
     torch.manual_seed(cfg.seed)
     model = MultiViewNet(cfg.views, len(labels), branch=cfg.branch, raw_branch=cfg.raw_branch)
     rate = model.sample_rate
-    waves, bad = load_waveforms(dataset.items, rate, skip_unreadable=cfg.skip_unreadable,
-                                progress=progress)
-    dataset, waves = drop_items(dataset, waves, bad)  # labels stay: an emptied class raises
+    # labels stay: an emptied class raises
+    dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                    progress=progress)
     targets = dataset.targets
     all_train, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
                                         test_fraction=cfg.test_fraction,

@@ -20,7 +20,7 @@ import numpy as np
 
 from .cache import CacheStats, EmbeddingCache, default_cache_dir, teacher_features
 from .config import TrainConfig
-from .data import (UNLABELED_REST, Dataset, DatasetError, Item, drop_items, frames_covering,
+from .data import (UNLABELED_REST, Dataset, DatasetError, Item, decode_dataset, frames_covering,
                    load_dataset, load_waveforms, require_classes, select_classes,
                    split_indices, unlabeled_items, validation_split, with_background)
 from .baseline import baseline_features, probe_accuracy, teacher_verdict
@@ -127,9 +127,8 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
     # listed before any decoding, so that a bad --unlabeled fails at once
     pool = unlabeled_pool(cfg, dataset) if cfg.contrastive else None
     if waves is None:
-        waves, bad = load_waveforms(dataset.items, rate, skip_unreadable=cfg.skip_unreadable,
-                                    progress=progress)
-        dataset, waves = drop_items(dataset, waves, bad)
+        dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                        progress=progress)
     train_idx, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
                                         test_fraction=cfg.test_fraction,
                                         train_fraction=cfg.train_fraction)

@@ -44,8 +44,8 @@ from edgeaudio.errors import EdgeAudioError
 
 from .checkpoint import load_plain, save_plain
 from .config import Settings
-from .data import (clip_batches, drop_items, load_dataset, load_waveforms, make_crops,
-                   require_classes, split_indices)
+from .data import (clip_batches, decode_dataset, load_dataset, make_crops, require_classes,
+                   split_indices)
 from .run import EpochLoop, RunFolder
 from .teachers.fitted import (MANIFEST, MANIFEST_FORMAT, MEMBER_ARCHS, build_member,
                               load_member, read_manifest, save_member)
@@ -151,9 +151,8 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
         rate = build_member(cfg.arch, len(labels), pretrained=False).sample_rate
     except (FileNotFoundError, ValueError) as exc:
         raise TeacherFitError(str(exc)) from exc
-    waves, bad = load_waveforms(dataset.items, rate, skip_unreadable=cfg.skip_unreadable,
-                                progress=progress)
-    dataset, waves = drop_items(dataset, waves, bad)
+    dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                    progress=progress)
     targets = dataset.targets
     train_idx, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
                                         test_fraction=cfg.test_fraction,
