@@ -242,6 +242,10 @@ def training_settings(config_file, given: dict):
 @click.option("--seed", type=int, default=None, help=_default("seed")[1:])
 @click.option("--crop", "crop_seconds", type=float, default=None,
               help="Training crop in seconds (default: min(4, longest clip)).")
+@click.option("--speed", type=float, default=None,
+              help="Speed perturbation: each crop plays at a random rate in 1 +- SPEED, pitch "
+                   "and tempo together (0.1 helps speech with unseen speakers; 0: off)."
+                   + _default("speed"))
 @click.option("--mixup", type=float, default=None,
               help="Mixup Beta parameter (0: off)." + _default("mixup"))
 @click.option("--no-specaugment", "specaugment", flag_value=False, default=None,

@@ -646,28 +646,42 @@ class Crops:
 
 
 def make_crops(waves: Sequence[np.ndarray], indices: np.ndarray, crop_samples: int,
-               sample_rate: int, rng: np.random.Generator, *, gain_db: float = 0.0) -> Crops:
+               sample_rate: int, rng: np.random.Generator, *, gain_db: float = 0.0,
+               speed: float = 0.0) -> Crops:
     """Random crops of ``crop_samples`` (clips shorter than that are zero-padded at a random
-    offset), each scaled by a random gain in ``[-gain_db, +gain_db]`` dB."""
+    offset), each scaled by a random gain in ``[-gain_db, +gain_db]`` dB. ``speed`` > 0 plays
+    each crop at a random rate in ``[1 - speed, 1 + speed]`` (pitch and tempo together, as
+    speech recipes perturb speakers): a crop spans ``crop_samples * rate`` samples of the clip,
+    resampled linearly to ``crop_samples``."""
     batch = np.zeros((len(indices), crop_samples), dtype=np.float32)
     starts = np.zeros(len(indices))
+    spans = np.full(len(indices), crop_samples / sample_rate)
     clip_s = np.zeros(len(indices))
+    # drawn for every crop when on (one stream of draws whatever the clips are); none when off
+    rates = rng.uniform(1.0 - speed, 1.0 + speed, size=len(indices)) if speed > 0 else None
     for row, idx in enumerate(indices):
         wave = waves[idx]
         n = len(wave)
         clip_s[row] = n / sample_rate
-        if n >= crop_samples:
-            offset = int(rng.integers(0, n - crop_samples + 1))
-            batch[row] = wave[offset:offset + crop_samples]
+        span = crop_samples if rates is None else max(2, int(round(crop_samples * rates[row])))
+        segment = np.zeros(span, dtype=np.float32)
+        if n >= span:
+            offset = int(rng.integers(0, n - span + 1))
+            segment[:] = wave[offset:offset + span]
             starts[row] = offset / sample_rate
         else:
-            pad = int(rng.integers(0, crop_samples - n + 1))
-            batch[row, pad:pad + n] = wave
+            pad = int(rng.integers(0, span - n + 1))
+            segment[pad:pad + n] = wave
             starts[row] = -pad / sample_rate
+        if span != crop_samples:
+            segment = np.interp(np.linspace(0.0, span - 1, crop_samples),
+                                np.arange(span), segment).astype(np.float32)
+            spans[row] = span / sample_rate
+        batch[row] = segment
     if gain_db > 0:
         gains = 10.0 ** (rng.uniform(-gain_db, gain_db, size=len(indices)) / 20.0)
         batch *= gains[:, None].astype(np.float32)
-    return Crops(batch, np.asarray(indices), starts, starts + crop_samples / sample_rate, clip_s)
+    return Crops(batch, np.asarray(indices), starts, starts + spans, clip_s)
 
 
 def clip_batches(waves: Sequence[np.ndarray], indices: np.ndarray, min_samples: int,

@@ -199,6 +199,23 @@ def test_crops_pad_short_clips_and_remember_their_span():
     assert np.array_equal(a.waves, b.waves)
 
 
+def test_speed_perturbation_resamples_a_longer_or_shorter_span():
+    # a 100 Hz sine: played at rate r, the crop holds a 100 * r Hz sine over r seconds of clip
+    t = np.arange(SR * 3) / SR
+    waves = [np.sin(2 * np.pi * 100 * t).astype(np.float32)]
+    crops = make_crops(waves, np.zeros(8, int), SR, SR, np.random.default_rng(0), speed=0.2)
+    spans = crops.end_s - crops.start_s
+    assert crops.waves.shape == (8, SR) and np.all(spans >= 0.8) and np.all(spans <= 1.2)
+    assert np.ptp(spans) > 0.05                               # rates differ from crop to crop
+    for wave, span in zip(crops.waves, spans):
+        peak_hz = np.argmax(np.abs(np.fft.rfft(wave)))         # 1-Hz bins over a 1-s crop
+        assert abs(peak_hz - 100 * span) <= 1.5
+    # a clip shorter than the span is padded within it, its span still the played one
+    short = make_crops([waves[0][:SR // 2]], np.zeros(2, int), SR, SR,
+                       np.random.default_rng(1), speed=0.2)
+    assert np.all(short.start_s <= 0) and np.all(np.abs(short.waves).sum(1) > 0)
+
+
 def test_frames_covering_slices_the_teacher_frames_of_a_crop():
     # 10 frames over 5 s (0.5 s each): the crop 1.0-3.0 s touches frames 2..5
     assert frames_covering(10, 5.0, 1.0, 3.0) == (2, 6)
