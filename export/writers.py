@@ -172,14 +172,29 @@ def write_onnx(network: torch.nn.Module, info: ModelInfo, path) -> Path:
 
 # --- TFLite ----------------------------------------------------------------------------------
 
+def shorten_tensor_names(model) -> None:
+    """Name every tensor but the graph's inputs and outputs ``t<index>``. The converter names
+    each after its module path (a few hundred bytes apiece, a tenth of a small int8 file);
+    nothing reads them, and the signature keeps its own input and output keys."""
+    for subgraph in model.subgraphs:
+        keep = {int(i) for i in subgraph.inputs} | {int(i) for i in subgraph.outputs}
+        for index, tensor in enumerate(subgraph.tensors):
+            if index not in keep:
+                tensor.name = f"t{index}".encode()
+
+
 def add_tflite_metadata(tflite_bytes: bytes, info: ModelInfo) -> bytes:
-    """Append a buffer holding the metadata JSON and a Metadata entry naming it."""
+    """Append a buffer holding the metadata JSON and a Metadata entry naming it (tensor names
+    shortened on the way: ``shorten_tensor_names``)."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
-    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_KEY.encode()
-                      and m.name != METADATA_KEY]
+    shorten_tensor_names(model)
+    replaced = [m for m in (model.metadata or []) if m.name in (METADATA_KEY.encode(), METADATA_KEY)]
+    for meta in replaced:  # buffers are referenced by index: empty the old one, keep its place
+        model.buffers[meta.buffer].data = None
+    model.metadata = [m for m in (model.metadata or []) if m not in replaced]
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(info.to_json().encode("utf-8"), dtype=np.uint8)
     model.buffers.append(buffer)
