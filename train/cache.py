@@ -19,6 +19,14 @@ A lookup is a
 New weights (another sha256) or other settings give another key, so they never read old
 entries. Concatenated teachers ("yamnet+efficientat") are cached per teacher and combined at
 load time (``align_frames`` to the first teacher's frame count), so each part is reused alone.
+
+An entry's bytes depend on nothing but its contents (the zip members carry a fixed date), and
+each clip's embedding is computed alone, so the teachers' pass can be shared out:
+``teacher_features(..., workers=N)`` gives every N-th clip to each of N processes on this
+machine, and under torchrun each rank takes its share (then waits for the others); each
+writes its entries into the same cache, and a cache built by N workers is byte for byte the
+one a single process builds. Entries are written as they are computed, so a killed pass
+resumes where it stopped: what is there is a hit.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import io
 import json
 import os
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,6 +49,7 @@ from .teachers.registry import parse_teacher_names
 
 CACHE_ENV_VAR = "EDGEAUDIO_CACHE"
 CACHE_FORMAT = 1
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: entries carry no write time
 
 
 def default_cache_dir() -> Path:
@@ -68,6 +78,20 @@ class CacheStats:
 
     def as_dict(self) -> dict:
         return {"hit": self.hit, "miss": self.miss, "stale": self.stale, "corrupt": self.corrupt}
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The ``.npz`` that ``np.savez`` writes (stored members, ``np.load`` reads it), with a fixed
+    member date instead of the time of writing: equal arrays give equal bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE)
+            info.external_attr = 0o600 << 16
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
 
 
 def _entry_status(meta, embedding: np.ndarray, expected: dict, dim: int) -> str:
@@ -118,19 +142,20 @@ class EmbeddingCache:
         meta = {"format": CACHE_FORMAT, "identity": identity, "settings": settings,
                 "clip": clip, "fingerprint": clip_fingerprint, "shape": list(embedding.shape),
                 "sha256": fingerprint(embedding)}
-        buffer = io.BytesIO()
-        np.savez(buffer, embedding=embedding, meta=np.array(json.dumps(meta, sort_keys=True)))
-        return atomic_write_bytes(path, buffer.getvalue())
+        return atomic_write_bytes(path, npz_bytes(
+            {"embedding": embedding, "meta": np.array(json.dumps(meta, sort_keys=True))}))
 
 
 def cached_embeddings(teacher, clips: Sequence[str], waves: Sequence[np.ndarray],
                       sample_rate: int, cache: EmbeddingCache, *, settings: dict | None = None,
-                      progress: bool = False, stats: CacheStats | None = None
-                      ) -> list[np.ndarray]:
+                      progress: bool = False, stats: CacheStats | None = None,
+                      keep: bool = True) -> list[np.ndarray]:
     """Embeddings ``[T_F, B_F]`` of every clip by ``teacher``, from the cache or computed once.
 
     ``clips`` are stable clip keys (resolved paths), ``waves`` the decoded clips at
-    ``sample_rate`` (resampled here to the teacher's rate if it differs).
+    ``sample_rate`` (resampled here to the teacher's rate if it differs; any sequence, one
+    that decodes on access too: no clip is held longer than its turn). ``keep=False`` only
+    fills the cache (and returns an empty list).
     """
     from edgeaudio.audio import resample
 
@@ -139,35 +164,117 @@ def cached_embeddings(teacher, clips: Sequence[str], waves: Sequence[np.ndarray]
                 **(settings or {})}
     identity = teacher.cache_identity()
     out: list[np.ndarray | None] = [None] * len(clips)
-    todo = []
-    for i, (clip, wave) in enumerate(zip(clips, waves)):
-        wave_t = wave if sample_rate == teacher.sample_rate else \
+
+    def at_teacher_rate(i: int) -> np.ndarray:
+        wave = waves[i]
+        return wave if sample_rate == teacher.sample_rate else \
             resample(wave, sample_rate, teacher.sample_rate)
-        fp = fingerprint(wave_t)
+
+    todo = []
+    for i, clip in enumerate(clips):
+        fp = fingerprint(at_teacher_rate(i))
         embedding, status = cache.get(identity, settings, clip, fp)
         stats.add(status)
         if embedding is None:
-            todo.append((i, clip, wave_t, fp))
-        else:
+            todo.append((i, clip, fp))
+        elif keep:
             out[i] = embedding
     if todo:
         iterator = todo
         if progress:
             from tqdm import tqdm
             iterator = tqdm(todo, desc=f"teacher {teacher.name} -> cache", unit="clip")
-        for i, clip, wave_t, fp in iterator:
-            embedding = teacher.embed([wave_t])[0]
+        for i, clip, fp in iterator:
+            embedding = teacher.embed([at_teacher_rate(i)])[0]
             cache.put(identity, settings, clip, fp, embedding)
-            out[i] = np.asarray(embedding, dtype=np.float32)
-    return out  # type: ignore[return-value]
+            if keep:
+                out[i] = np.asarray(embedding, dtype=np.float32)
+    return out if keep else []  # type: ignore[return-value]
+
+
+def clip_subset(waves: Sequence, positions: Sequence[int]) -> Sequence:
+    """The clips at ``positions``, to hand to another process: a decoding sequence's own
+    ``subset`` (paths, not samples), else the arrays themselves."""
+    if hasattr(waves, "subset"):
+        return waves.subset(positions)
+    return [waves[i] for i in positions]
+
+
+def _fill_share(job: tuple) -> dict:
+    """One worker's share of a teacher's pass: its clips' entries into the cache; its counts."""
+    name, clips, waves, sample_rate, root, get_teacher, threads = job
+    try:
+        import torch
+        torch.set_num_threads(threads)  # as many as the single process: the same arithmetic
+    except ImportError:
+        pass
+    if get_teacher is None:
+        from .teachers.registry import get_teacher
+    stats = CacheStats()
+    cached_embeddings(get_teacher(name), clips, waves, sample_rate, EmbeddingCache(root),
+                      stats=stats, keep=False)
+    return stats.as_dict()
+
+
+def fill_cache(name: str, clips: Sequence[str], waves: Sequence, sample_rate: int,
+               cache: EmbeddingCache, *, workers: int = 1, world=None,
+               get_teacher: Callable | None = None, progress: bool = False) -> CacheStats:
+    """The teacher ``name``'s entries for every clip, the clips shared out: under torchrun
+    (``world``) each rank takes every ``size``-th clip and waits for the others; each rank's
+    share goes to ``workers`` processes (spawned; ``get_teacher`` must then be picklable).
+    Returns the counts of the lookups made."""
+    from .distributed import SINGLE
+
+    world = world or SINGLE
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    mine = world.share(range(len(clips)))
+    stats = CacheStats()
+    if workers == 1 or len(mine) <= 1:
+        if get_teacher is None:
+            from .teachers.registry import get_teacher
+        cached_embeddings(get_teacher(name), [clips[i] for i in mine], clip_subset(waves, mine),
+                          sample_rate, cache, stats=stats, progress=progress, keep=False)
+    else:
+        import multiprocessing
+
+        try:
+            import torch
+            threads = torch.get_num_threads()
+        except ImportError:
+            threads = 1
+        shares = [mine[k::workers] for k in range(workers) if mine[k::workers]]
+        jobs = [(name, [clips[i] for i in share], clip_subset(waves, share), sample_rate,
+                 str(cache.root), get_teacher, threads) for share in shares]
+        bar = None
+        if progress:
+            from .progress import progress_bar
+            bar = progress_bar(len(jobs), f"teacher {name} -> cache, {len(jobs)} workers",
+                               "share")
+        with ProcessPoolExecutor(len(jobs),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            for counts in pool.map(_fill_share, jobs):
+                for status, n in counts.items():
+                    setattr(stats, status, getattr(stats, status) + n)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+    world.barrier()  # every rank's share is in the cache
+    return stats
 
 
 def teacher_features(names: Sequence[str], clips: Sequence[str], waves: Sequence[np.ndarray],
                      sample_rate: int, cache: EmbeddingCache | None = None, *,
                      progress: bool = False, get_teacher: Callable | None = None,
-                     stats: CacheStats | None = None) -> tuple[list[np.ndarray], dict]:
+                     stats: CacheStats | None = None, workers: int = 1, world=None
+                     ) -> tuple[list[np.ndarray], dict]:
     """Concatenated teacher embeddings per clip (time of the first teacher) and a description
-    ``{"teachers": [...], "dims": [...], "dim": total, "weights_sha256": {...}}``."""
+    ``{"teachers": [...], "dims": [...], "dim": total, "weights_sha256": {...}}``. With
+    ``workers`` > 1 or several torchrun ranks (``world``), ``fill_cache`` shares the pass out
+    first; the counts in ``stats`` are then those of the shares."""
+    shared = workers > 1 or (world is not None and world.size > 1)
+    fill_getter = get_teacher
     if get_teacher is None:
         from .teachers.registry import get_teacher
     cache = cache or EmbeddingCache()
@@ -177,9 +284,20 @@ def teacher_features(names: Sequence[str], clips: Sequence[str], waves: Sequence
     per_teacher, info = [], {"teachers": [], "dims": [], "weights_sha256": {},
                              "hop_seconds": []}
     for name in parts:
+        if shared:
+            counts = fill_cache(name, clips, waves, sample_rate, cache, workers=workers,
+                                world=world, get_teacher=fill_getter, progress=progress)
+            if stats is not None:
+                for status, n in counts.as_dict().items():
+                    setattr(stats, status, getattr(stats, status) + n)
         teacher = get_teacher(name)
+        reading = CacheStats()
         per_teacher.append(cached_embeddings(teacher, clips, waves, sample_rate, cache,
-                                             progress=progress, stats=stats))
+                                             progress=progress and not shared, stats=reading))
+        if stats is not None:  # after shared filling, a read that is not a hit is news
+            for status, n in reading.as_dict().items():
+                if status != "hit" or not shared:
+                    setattr(stats, status, getattr(stats, status) + n)
         info["teachers"].append(teacher.name)
         info["dims"].append(int(teacher.dim))
         info["weights_sha256"][teacher.name] = teacher.weights_hash

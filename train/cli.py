@@ -51,7 +51,7 @@ def _list_teachers(ctx, param, value):
 SETTINGS_OF_FLAG = {"--teacher": "teachers", "--kd-teacher": "kd_teachers",
                     "--crop": "crop_seconds", "--no-specaugment": "specaugment"}
 # run options a configuration file may hold besides the settings, and what it may say for people
-RUN_KEYS = ("folds", "out", "threads")
+RUN_KEYS = ("folds", "out", "threads", "workers", "stream", "loader_workers")
 NOTE_KEYS = ("description",)
 
 
@@ -144,6 +144,23 @@ def training_settings(config_file, given: dict):
         return cls.build(*layers), run_options
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def scaling_options(run_options: dict) -> dict:
+    """``workers``, ``stream`` and ``loader_workers`` of a run, checked."""
+    workers = int(run_options.get("workers") or 1)
+    loader_workers = run_options.get("loader_workers")
+    loader_workers = 2 if loader_workers is None else int(loader_workers)
+    stream = bool(run_options.get("stream") or False)
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1 (processes that share the teachers' pass), "
+                         f"got {workers}")
+    if loader_workers < 0:
+        raise UsageError(f"--loader-workers must be >= 0, got {loader_workers}")
+    if run_options.get("loader_workers") is not None and not stream:
+        raise UsageError("--loader-workers is for --stream (the processes that decode the "
+                         "streamed clips)")
+    return {"workers": workers, "stream": stream, "loader_workers": loader_workers}
 
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
@@ -266,6 +283,14 @@ def training_settings(config_file, given: dict):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="torch threads (two 1-thread runs beat one 2-thread run). [default: 1]")
+@click.option("--workers", type=int, default=None,
+              help="Processes that share the teachers' pass over the clips (the cache they "
+                   "build is the one a single process builds). [default: 1]")
+@click.option("--stream", is_flag=True, default=None,
+              help="Leave the clips on disk: loader workers decode each step's clips as it "
+                   "comes (data larger than memory; the same run as in memory).")
+@click.option("--loader-workers", type=int, default=None,
+              help="With --stream: decoding processes (0: in this process). [default: 2]")
 @click.option("--stop-after", type=click.IntRange(1), default=None, hidden=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--list-students", is_flag=True, expose_value=False, is_eager=True,
@@ -287,6 +312,9 @@ def train_command(config_file, resume, stop_after, quiet, **options):
       edgeaudio train --data ../shared/data/esc50 --layout esc50 --classes esc10 \\
           --contrastive --unlabeled rest --out runs/esc10-contrastive   # ESC-40 unlabeled
       edgeaudio train --out runs/f1 --resume ...      # same flags; continues a killed run
+      edgeaudio train --data big.csv --stream --workers 2 ...  # clips stay on disk
+      torchrun --nproc_per_node 2 $(which edgeaudio) train --data ... --batch-size 64
+          # the same run on 2 processes (DDP; --batch-size is the global batch)
       edgeaudio train --list-students / --list-teachers
     Then: edgeaudio evaluate RUN, edgeaudio export RUN --int8.
     """
@@ -297,18 +325,27 @@ def train_command(config_file, resume, stop_after, quiet, **options):
     from .mn_student import MN_STUDENTS
     from .multiview_train import MultiViewConfig, train_multiview
     from .students import STUDENTS
+    from .distributed import is_main_process, launched_by_torchrun
 
     # None is "not given", for repeatable options and flags too, so a --config file's value
     # stands unless the command line names it
     given = {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in options.items()}
     cfg, run_options = training_settings(config_file, given)
     threads = int(run_options.get("threads") or 1)
+    scale = scaling_options(run_options)
     fold_list = parse_folds(run_options.get("folds"))
     out = run_options.get("out")
     if isinstance(cfg, (MultiViewConfig, DistillConfig)):
         if fold_list:
             raise UsageError("--student multiview and the distillation loop train on one "
                              "--fold")
+        if scale != scaling_options({}):
+            raise UsageError("--workers and --stream are options of the student loop; "
+                             "--student multiview and the distillation loop decode in memory")
+        if launched_by_torchrun():
+            raise UsageError("under torchrun: the student loop and `edgeaudio teacher fit` "
+                             "train on several processes; --student multiview and the "
+                             "distillation loop train in one (run them without torchrun)")
         if isinstance(cfg, DistillConfig):
             out = Path(out) if out else Path("runs") / f"{Path(cfg.data).stem}-distill"
             metrics = train_distill(cfg, out, resume=resume, progress=not quiet,
@@ -341,7 +378,9 @@ def train_command(config_file, resume, stop_after, quiet, **options):
     progress = not quiet
     if fold_list:
         summary = train_cv(cfg, fold_list, out, resume=resume, progress=progress,
-                           threads=threads)
+                           threads=threads, **scale)
+        if not is_main_process():
+            return
         click.echo(f"cross-validation over folds {fold_list}: accuracy "
                    f"{summary['accuracy_mean']:.4f} ± {summary['accuracy_std']:.4f} "
                    f"(per fold: " + ", ".join(f"{k}: {v:.3f}" for k, v in
@@ -349,7 +388,9 @@ def train_command(config_file, resume, stop_after, quiet, **options):
                    + f"); {out / 'cv_metrics.json'}")
         return
     metrics = train(cfg, out, resume=resume, progress=progress, stop_after_epoch=stop_after,
-                    threads=threads)
+                    threads=threads, **scale)
+    if not is_main_process():  # under torchrun rank 0 reports
+        return
     if "stopped_after_epoch" in metrics:
         click.echo(f"stopped after epoch {metrics['stopped_after_epoch']}; continue with "
                    f"--resume --out {out}")

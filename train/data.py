@@ -684,6 +684,12 @@ def make_crops(waves: Sequence[np.ndarray], indices: np.ndarray, crop_samples: i
     return Crops(batch, np.asarray(indices), starts, starts + spans, clip_s)
 
 
+def wave_length(waves: Sequence, i) -> int:
+    """A clip's length in samples: a streamed set's from its index, without decoding
+    (``edgeaudio.train.streaming``), else the array's."""
+    return waves.length(i) if hasattr(waves, "length") else len(waves[i])
+
+
 def clip_batches(waves: Sequence[np.ndarray], indices: np.ndarray, min_samples: int,
                  batch_size: int = 32):
     """Whole clips (zero-padded to ``min_samples``) in batches of equal length, for
@@ -692,7 +698,7 @@ def clip_batches(waves: Sequence[np.ndarray], indices: np.ndarray, min_samples: 
 
     by_length: dict[int, list[int]] = {}
     for pos, idx in enumerate(indices):
-        by_length.setdefault(max(len(waves[idx]), min_samples), []).append(pos)
+        by_length.setdefault(max(wave_length(waves, idx), min_samples), []).append(pos)
     for length, positions in sorted(by_length.items()):
         for start in range(0, len(positions), batch_size):
             chunk = positions[start:start + batch_size]

@@ -17,6 +17,12 @@ step also takes an unlabeled batch and adds ``contrastive_weight * NT-Xent`` bet
 and unlabeled crops and their batch-split mixed views (``edgeaudio.train.contrastive``); its
 draws come from a generator of its own, seeded by ``(seed, epoch)``, so resuming stays exact
 and the default path is untouched.
+
+Under torchrun (``edgeaudio.train.distributed``) every rank draws the same global batch of
+``batch_size`` crops (mixup, SpecAugment and the teacher targets on the global batch, as one
+process draws them) and trains the student, wrapped in DDP, on its own rows of it; held-out
+logits are shared out among the ranks, and rank 0 writes the run. ``stream`` reads the clips
+from disk each epoch instead of holding them (``edgeaudio.train.streaming``).
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ from .modules import RunModules, predict, training_features
 from .plots import plot_confusion, plot_curves, plot_fold_accuracies
 from .preparation import (Prepared, load_run_dataset, mixture_batch, pooled_crops, prepare,
                           teacher_targets)
+from .distributed import World, init_world, is_main_process
 from .run import EpochLoop, RunFolder, open_training_run
 from .schedule import epoch_order, schedule_step
 from .students import count_macs_per_second, count_params, student_frontend_settings
@@ -75,17 +82,27 @@ def describe_splits(cfg: TrainConfig, prep: Prepared) -> dict:
 def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = True,
           stop_after_epoch: int | None = None, cache: EmbeddingCache | None = None,
           get_teacher: Callable | None = None, prepared: Prepared | None = None,
-          threads: int | None = 1) -> dict:
+          threads: int | None = 1, workers: int = 1, stream: bool = False,
+          loader_workers: int = 2) -> dict:
     """Train one run into ``out_dir``; returns metrics (``metrics.json``).
 
     ``stop_after_epoch`` stops after that epoch as a kill would (checkpoint written, no final
     metrics), for resume tests. With ``resume``, continues from ``out_dir/checkpoint.pt``.
+    ``workers`` processes share the teachers' pass over the clips (``edgeaudio.train.cache``);
+    ``stream`` leaves the clips on disk, decoded by ``loader_workers`` processes as the steps
+    need them (the same run as in memory: ``edgeaudio.train.streaming``).
+    Launched by torchrun, the ranks train one run together (see the module's docstring).
     """
     run = open_training_run(cfg, out_dir, resume=resume, error=TrainError, threads=threads)
-    state = run.state
+    state, world = run.state, run.world
+    progress = progress and world.is_main
+    if world.size > 1 and cfg.contrastive:
+        raise TrainError("--contrastive runs in one process only (its second forward pass "
+                         "per step is not one DDP step); train without torchrun")
 
     prep = prepared or prepare(cfg, progress=progress, cache=cache, get_teacher=get_teacher,
-                               out_dir=run.out_dir)
+                               out_dir=run.out_dir, workers=workers, world=world,
+                               stream=stream, loader_workers=loader_workers)
     dataset, waves = prep.dataset, prep.waves
     labels = dataset.labels
     splits = describe_splits(cfg, prep)
@@ -112,12 +129,13 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
     # with a fixed number of steps, batches may cycle through a small training set
     batch_size = cfg.batch_size if cfg.steps_per_epoch else min(cfg.batch_size, len(train_idx))
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_idx) // batch_size)
+    rows = world.local_rows(batch_size)  # this rank's rows of every global batch (all, alone)
+    replica = world.wrap({"student": student, **modules.aux_modules()})
     frontend_settings = student_frontend_settings(cfg.student)
     window_frames = student.frontend.spec.n_frames(prep.crop_samples)
     alpha = cfg.resolved_alpha()
     kd_weight = cfg.kd if prep.kd_target is not None else 0.0  # a teacher left out: labels alone
     contrastive_warmup = cfg.resolved_contrastive_warmup()
-    n_harm = network.n_harmonics
 
     def pooled_embedding(wave: torch.Tensor) -> torch.Tensor:
         return network.embed(training_features(student, wave)).mean(dim=1)
@@ -155,6 +173,10 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
         epoch, rng = ep.epoch, ep.rng
         modules.train(True)
         order = epoch_order(train_idx, steps_per_epoch * batch_size, rng)
+        # streamed: the epoch's clips, decoded ahead by loader workers (None: in memory);
+        # mixup partners may be any row, else this rank cuts its own rows only
+        clips = prep.epoch_clips(order, steps_per_epoch, batch_size,
+                                 rows if world.size > 1 and cfg.mixup == 0 else None)
         sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "reg": 0.0}
         contrastive_on = prep.unlabeled_waves is not None and epoch > contrastive_warmup
         if cfg.contrastive:
@@ -178,8 +200,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                 lam_vec = torch.from_numpy(batch["lam"])
                 y_b = torch.from_numpy(dataset.targets[batch["partner"]])
             else:
-                crops = make_crops(waves, idx, prep.crop_samples, rate, rng,
-                                   gain_db=cfg.gain_db, speed=cfg.speed)
+                crops = make_crops(waves if clips is None else next(clips), idx,
+                                   prep.crop_samples, rate, rng, gain_db=cfg.gain_db,
+                                   speed=cfg.speed)
                 reg_frames, kd_batch_frames, lam_vec = prep.teacher_frames, prep.kd_frames, None
             x = crops.waves
             if cfg.mixup > 0 and prep.mix_plan is None:
@@ -189,16 +212,13 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                 x = lam * x + (1.0 - lam) * x[perm]
             if lam_vec is None:
                 y_b = y_a[torch.from_numpy(perm)]
-            feats = training_features(student,
-                                      torch.from_numpy(np.ascontiguousarray(x, np.float32)))
-            if cfg.specaugment:
-                feats = spec_augment(feats, rng, cfg, n_harm)
-            l = modules.embed(feats)
-            v = None
-            if reg_frames is not None:  # the teacher frames aligned to the embedding frames
-                tv = teacher_targets(reg_frames, crops, l.shape[1])
-                v = torch.from_numpy(lam * tv + (1.0 - lam) * tv[perm])
-            logits = modules.head(l, v)
+            l, logits, loss_reg = replica(
+                student_forward, modules, cfg, world,
+                torch.from_numpy(np.ascontiguousarray(x[rows], np.float32)), len(idx), rng,
+                reg_frames, crops, lam, perm)
+            y_a, y_b = y_a[rows], y_b[rows]
+            if lam_vec is not None:
+                lam_vec = lam_vec[rows]
             if lam_vec is None:
                 ce = mixup_cross_entropy(logits, y_a, y_b, lam)
             else:
@@ -208,10 +228,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
             if prep.kd_target is not None:
                 probs = prep.kd_target.soft_targets(pooled_crops(kd_batch_frames, crops), idx,
                                                     cfg.kd_temperature)
-                probs = lam * probs + (1.0 - lam) * probs[perm]
+                probs = world.local(lam * probs + (1.0 - lam) * probs[perm])
                 loss_kd = kd_loss(logits, torch.from_numpy(probs.astype(np.float32)),
                                   cfg.kd_temperature)
-            loss_reg = modules.reg(l, v) if modules.reg is not None else logits.sum() * 0.0
             loss = (1.0 - kd_weight) * ce + kd_weight * loss_kd + alpha * loss_reg
             if contrastive_on:
                 u_idx = unlabeled_order[step * batch_size:(step + 1) * batch_size]
@@ -230,23 +249,25 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
             sums["kd"] += loss_kd.item()
             sums["reg"] += loss_reg.item()
             correct += int((logits.argmax(1) == y_a).sum())  # lam >= 0.5: y_a dominates
-            seen += len(idx)
+            seen += len(y_a)
             ep.step_done(**{k: f"{v / (step + 1):.3f}" for k, v in sums.items()
                             if k == "loss" or v}, acc=f"{correct / seen:.3f}")
         times = ep.training_done()
         train_seconds += times["seconds"]
+        sums = world.mean(sums)  # the ranks' means over equal shares: the global batch's
+        counted = world.sum({"correct": correct, "seen": seen})
         record = {**{k: v / steps_per_epoch for k, v in sums.items()},
-                  "train_acc": correct / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": times["seconds"]}
+                  "train_acc": counted["correct"] / max(1, counted["seen"]),
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": times["seconds"]}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             if len(val_idx):
-                record.update(split_figures(modules, prep, val_idx, "val"))
+                record.update(split_figures(modules, prep, val_idx, "val", world))
                 if best is None or record["val_acc"] > best["val_acc"]:
                     best = {"epoch": epoch, "val_acc": record["val_acc"],
                             "model_state": {k: v.clone() for k, v in
                                             student.state_dict().items()}}
             if cfg.test_curve and len(test_idx):  # for plots and papers' protocols only
-                record.update(split_figures(modules, prep, test_idx, "test"))
+                record.update(split_figures(modules, prep, test_idx, "test", world))
         con = f"  contrastive {record['contrastive']:.4f}" if "contrastive" in record else ""
         test_part = "  test acc {test}" if cfg.test_curve else ""
         ep.finish(record, history, lambda k, r: save(k, {"last_epoch": r}),
@@ -257,9 +278,39 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
     return finish(cfg, run, modules, prep, history, train_seconds, save, best)
 
 
-def split_figures(modules: RunModules, prep: Prepared, indices: np.ndarray, name: str) -> dict:
+def student_forward(modules: RunModules, cfg: TrainConfig, world: World, x_rows: torch.Tensor,
+                    n_rows: int, rng: np.random.Generator, reg_frames, crops, lam: float,
+                    perm: np.ndarray) -> tuple:
+    """The differentiable part of a step, on this rank's rows ``x_rows`` of a global batch of
+    ``n_rows`` crops (DDP's forward): features, SpecAugment (drawn for the global batch, as
+    one process draws it), embedding, the teacher frames aligned to it (mixed as the batch),
+    logits and the regulariser. Returns ``(l, logits, loss_reg)``."""
+    student = modules.student
+    feats = training_features(student, x_rows)
+    if cfg.specaugment:
+        feats = world.local(spec_augment(world.whole_batch(feats, n_rows), rng, cfg,
+                                         student.network.n_harmonics))
+    l = modules.embed(feats)
+    v = None
+    if reg_frames is not None:  # the teacher frames aligned to the embedding frames
+        tv = teacher_targets(reg_frames, crops, l.shape[1])
+        v = torch.from_numpy(world.local(lam * tv + (1.0 - lam) * tv[perm]))
+    logits = modules.head(l, v)
+    loss_reg = modules.reg(l, v) if modules.reg is not None else logits.sum() * 0.0
+    return l, logits, loss_reg
+
+
+def held_out_logits(modules: RunModules, prep: Prepared, indices: np.ndarray,
+                    world: World) -> np.ndarray:
+    """The student's logits on whole clips, the clips shared out among the ranks."""
+    return world.gather_rows(lambda part: predict(modules, prep.waves, part,
+                                                  prep.teacher_frames), indices)
+
+
+def split_figures(modules: RunModules, prep: Prepared, indices: np.ndarray, name: str,
+                  world: World) -> dict:
     """``{name}_acc`` and ``{name}_loss`` (cross-entropy) of the student on whole clips."""
-    logits = predict(modules, prep.waves, indices, prep.teacher_frames)
+    logits = held_out_logits(modules, prep, indices, world)
     t = prep.dataset.targets[indices]
     return {f"{name}_acc": float((logits.argmax(1) == t).mean()),
             f"{name}_loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(t)))}
@@ -288,11 +339,12 @@ def finish(cfg: TrainConfig, run: RunFolder, modules: RunModules, prep: Prepared
                      "n_train": int(len(prep.train_idx)), "n_validation": int(len(prep.val_idx)),
                      "n_test": int(len(prep.test_idx))}
     if len(prep.test_idx):
-        logits = predict(modules, prep.waves, prep.test_idx, prep.teacher_frames)
+        logits = held_out_logits(modules, prep, prep.test_idx, run.world)
         report = classification_report(dataset.targets[prep.test_idx], logits.argmax(1), labels)
         metrics.update(report)
-        plot_confusion(report["confusion"], labels, run.out_dir / "confusion.png",
-                       f"{cfg.student} held-out accuracy {report['accuracy']:.3f}")
+        if run.is_main:
+            plot_confusion(report["confusion"], labels, run.out_dir / "confusion.png",
+                           f"{cfg.student} held-out accuracy {report['accuracy']:.3f}")
     macs = count_macs_per_second(student)
     metrics.update({
         "params": count_params(student.network),
@@ -307,16 +359,20 @@ def finish(cfg: TrainConfig, run: RunFolder, modules: RunModules, prep: Prepared
                             "unlabeled": prep.unlabeled_report}} if cfg.contrastive else {}),
         "cache": prep.cache_stats, "history": history, "config": cfg.to_dict(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        **({"processes": run.world.size, "backend": run.world.backend}
+           if run.world.size > 1 else {}),
     })
     if cfg.method != "student":
         metrics["note"] = (f"method {cfg.method!r} uses the teacher at inference: a baseline "
                            f"for comparison, not an exportable student")
-    plot_curves(history, run.out_dir / "curves.png",
-                f"{cfg.student} reg={cfg.reg} teachers={'+'.join(cfg.teachers) or '-'}"
-                f" kd={cfg.kd}")
-    save(cfg.epochs, {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics},
-         last_state)
+    if run.is_main:
+        plot_curves(history, run.out_dir / "curves.png",
+                    f"{cfg.student} reg={cfg.reg} teachers={'+'.join(cfg.teachers) or '-'}"
+                    f" kd={cfg.kd}")
+        save(cfg.epochs, {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics},
+             last_state)
     run.write_json("metrics.json", metrics)
+    run.world.barrier()  # the run is written when any rank returns
     acc = metrics.get("accuracy")
     run.log(f"done: epoch {selected} kept ({metrics['selection']}); test accuracy {acc:.4f} "
             f"({metrics['n_test']} clips), {train_seconds / 60:.1f} min"
@@ -327,14 +383,23 @@ def finish(cfg: TrainConfig, run: RunFolder, modules: RunModules, prep: Prepared
 def train_cv(cfg: TrainConfig, folds: list[int], out_dir, *, resume: bool = False,
              progress: bool = True, **kwargs) -> dict:
     """One run per held-out fold into ``out_dir/fold<k>``; ``out_dir/cv_metrics.json`` and
-    ``cv.png`` summarise them. Finished folds are reused when resuming."""
+    ``cv.png`` summarise them. Finished folds are reused when resuming. The clips are decoded
+    (or, with ``stream``, indexed) once for all folds."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.validate()
+    world = init_world()
+    progress = progress and world.is_main
     dataset = load_run_dataset(cfg)[0]
     rate = int(student_frontend_settings(cfg.student)["sample_rate"])
-    dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
-                                    progress=progress)
+    stream, loader_workers = kwargs.get("stream", False), kwargs.get("loader_workers", 2)
+    if stream:
+        from .streaming import index_dataset
+        dataset, waves = index_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                       progress=progress, loader_workers=loader_workers)
+    else:
+        dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                        progress=progress)
     per_fold = {}
     for fold in folds:
         fold_cfg = TrainConfig.from_dict({**cfg.to_dict(), "fold": fold})
@@ -344,7 +409,9 @@ def train_cv(cfg: TrainConfig, folds: list[int], out_dir, *, resume: bool = Fals
             continue
         prep = prepare(fold_cfg, progress=progress, out_dir=None, dataset=dataset,
                        waves=waves, cache=kwargs.get("cache"),
-                       get_teacher=kwargs.get("get_teacher"))
+                       get_teacher=kwargs.get("get_teacher"),
+                       workers=kwargs.get("workers", 1), world=world, stream=stream,
+                       loader_workers=loader_workers)
         per_fold[fold] = train(fold_cfg, run, resume=resume and (run / "checkpoint.pt").exists(),
                                progress=progress, prepared=prep, **kwargs)
     return summarize_cv(out_dir, per_fold)
@@ -357,7 +424,8 @@ def summarize_cv(out_dir: Path, per_fold: dict) -> dict:
                "accuracy_std": float(values.std()), "per_fold_accuracy": accs,
                "macro_f1_mean": float(np.mean([m["macro_f1"] for m in per_fold.values()])),
                "train_seconds": float(sum(m.get("train_seconds", 0) for m in per_fold.values()))}
-    atomic_write_json(Path(out_dir) / "cv_metrics.json", summary)
-    plot_fold_accuracies(accs, summary["accuracy_mean"], summary["accuracy_std"],
-                         Path(out_dir) / "cv.png")
+    if is_main_process():
+        atomic_write_json(Path(out_dir) / "cv_metrics.json", summary)
+        plot_fold_accuracies(accs, summary["accuracy_mean"], summary["accuracy_std"],
+                             Path(out_dir) / "cv.png")
     return summary

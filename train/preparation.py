@@ -18,11 +18,12 @@ from typing import Callable
 
 import numpy as np
 
-from .cache import CacheStats, EmbeddingCache, default_cache_dir, teacher_features
+from .cache import CacheStats, EmbeddingCache, default_cache_dir, fill_cache, teacher_features
 from .config import TrainConfig
 from .data import (UNLABELED_REST, Dataset, DatasetError, Item, decode_dataset, frames_covering,
                    load_dataset, load_waveforms, require_classes, select_classes,
-                   split_indices, unlabeled_items, validation_split, with_background)
+                   split_indices, unlabeled_items, validation_split, wave_length,
+                   with_background)
 from .baseline import baseline_features, probe_accuracy, teacher_verdict
 from .losses import DistillationTarget, fit_crossfit_probes
 from .progress import progress_bar
@@ -114,11 +115,81 @@ class Prepared:
     mix_kd_frames: dict | None = None
     unlabeled_waves: list | None = None  # the contrastive pool, decoded like the labeled clips
     unlabeled_report: dict | None = None
+    loader_workers: int | None = None    # streamed (``waves`` decode on access): loader workers
+
+    def epoch_clips(self, order: np.ndarray, steps: int, batch_size: int,
+                    rows: slice | None = None):
+        """Streamed: an iterator of each step's ``{item: waveform}``
+        (``edgeaudio.train.streaming.epoch_clips``); in memory: None (``waves`` serve)."""
+        if self.loader_workers is None:
+            return None
+        from .streaming import epoch_clips
+        return epoch_clips(self.waves, order, steps, batch_size, rows=rows,
+                           loader_workers=self.loader_workers)
+
+
+def extract_teachers(names, data, layout: str | None = None, *, classes: str | None = None,
+                     student: str = TrainConfig.default("student"),
+                     cache: EmbeddingCache | None = None, workers: int = 1, world=None,
+                     stream: bool = False, skip_unreadable: bool = False,
+                     first: int | None = None, progress: bool = True) -> dict:
+    """The teachers' pass alone: every clip of ``data`` (``classes`` of it, its ``first``
+    clips) embedded into the cache as a run with ``student`` looks it up (decoded at that
+    student's rate), shared among ``workers`` processes and the torchrun ranks of ``world``;
+    clips already there are hits, so a killed pass resumes. Returns what was done."""
+    rate = int(student_frontend_settings(student)["sample_rate"])
+    dataset = select_classes(load_dataset(data, layout), classes)[0]
+    if first is not None:
+        dataset = Dataset(dataset.items[:first], dataset.labels, dataset.kind, dataset.source,
+                          dataset.skipped)
+    t0 = time.time()
+    if stream:
+        from .streaming import index_dataset
+        dataset, waves = index_dataset(dataset, rate, skip_unreadable=skip_unreadable,
+                                       progress=progress)
+    else:
+        dataset, waves = decode_dataset(dataset, rate, skip_unreadable=skip_unreadable,
+                                        progress=progress)
+    decoded = time.time()
+    cache = cache or EmbeddingCache()
+    clips = [str(Path(item.path).resolve()) for item in dataset.items]
+    stats = CacheStats()
+    for name in parse_teacher_names(names):
+        counts = fill_cache(name, clips, waves, rate, cache, workers=workers, world=world,
+                            progress=progress)
+        for status, n in counts.as_dict().items():
+            setattr(stats, status, getattr(stats, status) + n)
+    lookups = stats.as_dict() if world is None else \
+        {k: int(v) for k, v in world.sum(stats.as_dict()).items()}  # every rank's share
+    return {"teachers": parse_teacher_names(names), "clips": len(clips), "sample_rate": rate,
+            "cache": str(cache.root), "lookups": lookups, "workers": workers,
+            "processes": getattr(world, "size", 1),
+            "decode_seconds": round(decoded - t0, 2),
+            "extract_seconds": round(time.time() - decoded, 2)}
+
+
+def check_streamable(cfg: TrainConfig) -> None:
+    """Refuse, by name, the settings a streamed dataset cannot serve."""
+    refused = [flag for flag, on in (("--kd-mixtures", cfg.kd_mixtures > 0),
+                                     ("--contrastive", cfg.contrastive)) if on]
+    if refused:
+        raise DatasetError(f"--stream reads each clip when a step needs it; "
+                           f"{' and '.join(refused)} need(s) clips at any time (a mixture's "
+                           f"partner, the unlabeled pool): train in memory (without --stream) "
+                           f"or without {' and '.join(refused)}")
 
 
 def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | None = None,
             get_teacher: Callable | None = None, out_dir: Path | None = None,
-            dataset: Dataset | None = None, waves: list | None = None) -> Prepared:
+            dataset: Dataset | None = None, waves: list | None = None, workers: int = 1,
+            world=None, stream: bool = False, loader_workers: int = 2) -> Prepared:
+    """What a run needs before its first epoch. ``workers`` processes (and the torchrun ranks
+    of ``world``) share the teachers' pass; ``stream`` keeps the clips on disk, decoded by
+    ``loader_workers`` processes when a step needs them (``edgeaudio.train.streaming``)."""
+    if stream:
+        check_streamable(cfg)
+        if loader_workers < 0:
+            raise DatasetError(f"--loader-workers must be >= 0, got {loader_workers}")
     settings = student_frontend_settings(cfg.student)
     rate = int(settings["sample_rate"])
     if dataset is None:
@@ -126,7 +197,11 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
     require_classes(dataset)
     # listed before any decoding, so that a bad --unlabeled fails at once
     pool = unlabeled_pool(cfg, dataset) if cfg.contrastive else None
-    if waves is None:
+    if waves is None and stream:
+        from .streaming import index_dataset
+        dataset, waves = index_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
+                                       progress=progress, loader_workers=loader_workers)
+    elif waves is None:
         dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
                                         progress=progress)
     train_idx, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
@@ -134,7 +209,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
                                         train_fraction=cfg.train_fraction)
     train_idx, val_idx = validation_split(dataset, train_idx, fold=cfg.validation_fold,
                                           fraction=cfg.validation_fraction, seed=cfg.seed)
-    longest = max(len(w) for w in waves) / rate
+    longest = max(wave_length(waves, i) for i in range(len(waves))) / rate
     crop_s = cfg.crop_seconds if cfg.crop_seconds else min(4.0, longest)
     crop_samples = int(round(crop_s * rate))
     min_samples = settings["win_length"] + 31 * settings["hop_length"]
@@ -146,7 +221,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
     if cfg.teachers and (cfg.reg != "none" or cfg.method != "student"):
         teacher_frames, teacher_info = teacher_features(
             cfg.teachers, clips, waves, rate, cache, progress=progress,
-            get_teacher=get_teacher, stats=stats)
+            get_teacher=get_teacher, stats=stats, workers=workers, world=world)
     kd_target = kd_frames = kd_info = None
     if cfg.kd > 0:
         kd_names = cfg.kd_teachers or ["efficientat"]
@@ -156,7 +231,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
         else:
             kd_frames, kd_desc = teacher_features(kd_names, clips, waves, rate, cache,
                                                   progress=progress, get_teacher=get_teacher,
-                                                  stats=stats)
+                                                  stats=stats, workers=workers, world=world)
         pooled = np.stack([f.mean(axis=0) for f in kd_frames])
         targets = dataset.targets
         t0 = time.time()
@@ -188,9 +263,10 @@ def prepare(cfg: TrainConfig, *, progress: bool = True, cache: EmbeddingCache | 
         kd_target = check_teachers(cfg, dataset, waves, rate, train_idx, val_idx, teacher_frames,
                                    teacher_info, kd_target, kd_frames, kd_info, out_dir)
     prep = Prepared(dataset, waves, train_idx, test_idx, val_idx, crop_samples, teacher_frames,
-                    teacher_info, kd_target, kd_frames, kd_info, stats.as_dict())
+                    teacher_info, kd_target, kd_frames, kd_info, stats.as_dict(),
+                    loader_workers=loader_workers if stream else None)
     if cfg.kd_mixtures > 0:
-        prepare_mixtures(prep, cfg, clips, rate, cache, stats, get_teacher, progress)
+        prepare_mixtures(prep, cfg, clips, rate, cache, stats, get_teacher, progress, world)
         prep.cache_stats = stats.as_dict()
     if pool is not None:
         items, held_out_dropped = pool
@@ -303,7 +379,7 @@ def plan_mixtures(cfg: TrainConfig, dataset: Dataset, waves: list, train_idx: np
 
 def prepare_mixtures(prep: Prepared, cfg: TrainConfig, clips: list, rate: int,
                      cache: EmbeddingCache, stats: CacheStats, get_teacher, progress: bool,
-                     chunk: int = 256) -> None:
+                     world=None, chunk: int = 256) -> None:
     if get_teacher is None:
         from .teachers.registry import get_teacher
     getter = lru_cache(maxsize=None)(get_teacher)
@@ -326,7 +402,7 @@ def prepare_mixtures(prep: Prepared, cfg: TrainConfig, clips: list, rate: int,
                 mix_waves.append(mixture_wave(prep.waves, i, j, lam, offset))
                 mix_clips.append(f"mix:{clips[i]}|{clips[j]}|{lam:.6f}|{offset}")
             out, _ = teacher_features(names, mix_clips, mix_waves, rate, cache,
-                                      get_teacher=getter, stats=stats)
+                                      get_teacher=getter, stats=stats, world=world)
             frames.update(zip(part, out))
             if bar is not None:
                 bar.update(len(part))

@@ -2,7 +2,8 @@
 
 ``RunFolder`` is one run's folder: it refuses to overwrite a run, checks on ``--resume`` that
 the stored settings are the ones given (naming each that differs), keeps ``train.log``, writes
-JSON reports atomically.
+JSON reports atomically. Under torchrun (``edgeaudio.train.distributed``) every rank opens
+the folder and reads a resumed run's state, and only rank 0 writes to it.
 
 ``EpochLoop`` yields one ``Epoch`` per epoch still to run. An epoch seeds its own randomness
 from ``(seed, epoch)``: a numpy generator for shuffling, crops and augmentation, and torch's
@@ -13,7 +14,9 @@ the epoch's log line is the progress), refuses a non-finite loss, times its trai
 saves the checkpoint (the loop's own ``save``: what a checkpoint holds is the loop's business)
 and logs one line. ``Epoch.stop`` is the
 stop-after hook: True when the loop should end after this epoch as a kill would (checkpoint
-written, no final reports), which is how tests interrupt a run.
+written, no final reports), which is how tests interrupt a run. Under torchrun the numpy
+generator is the same on every rank (one global epoch order) and torch's seed is derived
+per rank.
 """
 from __future__ import annotations
 
@@ -28,13 +31,17 @@ import torch
 
 from edgeaudio.files import atomic_write_json
 
+from .distributed import SINGLE, World, init_world, is_main_process
 from .progress import stderr_is_terminal
 
 LOG_NAME = "train.log"
 
 
 def log_line(out_dir: Path | None, text: str, echo: bool = True) -> None:
-    """``text`` to stderr (with ``echo``) and appended to ``out_dir/train.log``."""
+    """``text`` to stderr (with ``echo``) and appended to ``out_dir/train.log``; under
+    torchrun by rank 0 only."""
+    if not is_main_process():
+        return
     if echo:
         print(text, file=sys.stderr, flush=True)
     if out_dir is not None:
@@ -55,8 +62,10 @@ class RunFolder:
     def __init__(self, out_dir, cfg, *, resume: bool, error: type[Exception],
                  marker: str = "checkpoint.pt", read_state: Callable | None = None,
                  stored_config: Callable[[dict], dict] = lambda state: state["config"],
-                 ignore: Sequence[str] = ("epochs", "eval_every"), echo: bool = True):
+                 ignore: Sequence[str] = ("epochs", "eval_every"), echo: bool = True,
+                 world: World = SINGLE):
         self.out_dir, self.error, self.echo = Path(out_dir), error, echo
+        self.world = world
         marker_path = self.out_dir / marker
         self.state = None
         if resume:
@@ -76,7 +85,8 @@ class RunFolder:
         elif marker_path.exists():
             raise error(f"{self.out_dir} already holds a run ({marker}); pass --resume to "
                         f"continue it or choose another --out")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if world.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log(f"run {self.out_dir}: {json.dumps(cfg.to_dict())}", echo=False)
 
     @property
@@ -86,26 +96,35 @@ class RunFolder:
     def log(self, text: str, echo: bool | None = None) -> None:
         log_line(self.out_dir, text, self.echo if echo is None else echo)
 
+    @property
+    def is_main(self) -> bool:
+        return self.world.is_main
+
     def write_json(self, name: str, payload) -> Path:
+        """``payload`` as ``name`` in the folder, atomically (rank 0 only)."""
+        if not self.world.is_main:
+            return self.out_dir / name
         return atomic_write_json(self.out_dir / name, payload)
 
 
 def open_training_run(cfg, out_dir, *, resume: bool, error: type[Exception],
-                      threads: int | None = 1) -> RunFolder:
+                      threads: int | None = 1, device: str = "cpu") -> RunFolder:
     """What a checkpointed student loop does first: validate ``cfg``, set torch's threads,
-    open the run folder; a resumed checkpoint must hold training state."""
+    join torchrun's processes if it launched this one (``run.world``), open the run folder; a
+    resumed checkpoint must hold training state."""
     cfg.validate()
     if threads:
         torch.set_num_threads(threads)
-    run = RunFolder(out_dir, cfg, resume=resume, error=error)
+    run = RunFolder(out_dir, cfg, resume=resume, error=error, world=init_world(device))
     if run.state is not None and run.state.get("train_state") is None:
         raise error(f"{run.checkpoint_path}: holds no training state to resume from")
     return run
 
 
-def seed_epoch(seed: int, epoch: int) -> np.random.Generator:
-    """The epoch's numpy generator; torch's global seed (dropout) set from the same pair."""
-    torch.manual_seed(seed * 100_003 + epoch)
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
+    """The epoch's numpy generator; torch's global seed (dropout) set from the same pair, and
+    the rank under torchrun (rank 0's is the single process's)."""
+    torch.manual_seed(seed * 100_003 + epoch + rank * 1_000_003)
     return np.random.default_rng([seed, epoch])
 
 
@@ -113,9 +132,9 @@ class Epoch:
     def __init__(self, loop: "EpochLoop", epoch: int):
         self.loop, self.epoch = loop, epoch
         self.t0, self.cpu0 = time.time(), time.process_time()
-        self.rng = seed_epoch(loop.seed, epoch)
+        self.rng = seed_epoch(loop.seed, epoch, loop.run.world.rank)
         self.bar = None
-        if loop.progress and stderr_is_terminal():
+        if loop.progress and loop.run.is_main and stderr_is_terminal():
             from tqdm import tqdm
             self.bar = tqdm(total=loop.steps, desc=f"{loop.label}epoch {epoch}/{loop.epochs}",
                             unit="step", leave=False, file=sys.stderr, mininterval=0.5)
@@ -142,13 +161,15 @@ class Epoch:
     def finish(self, record: dict, history: list, save: Callable[[int, dict], None],
                line: str) -> dict:
         """Append ``{"epoch": k, **record}`` to ``history``, ``save(epoch, record)`` (the
-        checkpoint), log ``line`` (a format string over the record's keys, plus ``label`` and
-        ``val`` / ``test``: the validation and test accuracy, "-" in epochs without them)."""
+        checkpoint; rank 0 only), log ``line`` (a format string over the record's keys, plus
+        ``label`` and ``val`` / ``test``: the validation and test accuracy, "-" in epochs
+        without them)."""
         if self.bar is not None:
             self.training_done()
         record = {"epoch": self.epoch, **record}
         history.append(record)
-        save(self.epoch, record)
+        if self.loop.run.is_main:
+            save(self.epoch, record)
         shown = {name: f"{record[key]:.3f}" if key in record else "-"
                  for name, key in (("val", "val_acc"), ("test", "test_acc"))}
         self.loop.run.log(line.format(**record, **shown, label=self.loop.label))
