@@ -25,7 +25,9 @@ each clip's embedding is computed alone, so the teachers' pass can be shared out
 ``teacher_features(..., workers=N)`` gives every N-th clip to each of N processes on this
 machine, and under torchrun each rank takes its share (then waits for the others); each
 writes its entries into the same cache, and a cache built by N workers is byte for byte the
-one a single process builds. Entries are written as they are computed, so a killed pass
+one a single process builds (with as many torch threads per process: a network's float sums
+depend on how many threads share them; workers take their parent's count, the CLI's default
+is 1). Entries are written as they are computed, so a killed pass
 resumes where it stopped: what is there is a hit.
 """
 from __future__ import annotations

@@ -27,6 +27,13 @@ The folder written (``--out DIR``):
 from its last epoch and ends as it would have uninterrupted. ``DIR`` is a teacher:
 ``edgeaudio train --teacher DIR`` (pooled embeddings for Con-Reg / Dis-Reg), and with
 ``--kd-teacher DIR`` the ensemble's own heads give the KD targets when its labels are the run's.
+
+Under torchrun (``edgeaudio.train.distributed``) the ranks fit each member together: every
+rank draws the member's global batch of ``--batch-size`` crops and trains the member, wrapped
+in DDP, on its rows of it (``--device cuda``: each rank on its LOCAL_RANK's GPU, BatchNorm
+synchronised); held-out probabilities are shared out among the ranks and rank 0 writes the
+folder. ``edgeaudio teacher cache`` runs the teachers over a dataset into the embedding cache
+ahead of training, shared among processes and ranks.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ from .checkpoint import load_plain, save_plain
 from .config import Settings
 from .data import (clip_batches, decode_dataset, load_dataset, make_crops, require_classes,
                    split_indices)
+from .distributed import SINGLE, World, init_world
 from .run import EpochLoop, RunFolder
 from .teachers.fitted import (MANIFEST, MANIFEST_FORMAT, MEMBER_ARCHS, build_member,
                               load_member, read_manifest, save_member)
@@ -107,8 +115,12 @@ class TeacherFitConfig(Settings):
 
 @torch.no_grad()
 def predict_probabilities(model, waves: list, indices: np.ndarray, device: str,
-                          batch_size: int = 16) -> np.ndarray:
-    """Softmax outputs ``[len(indices), n_classes]`` of one member on whole clips."""
+                          batch_size: int = 16, world: World = SINGLE) -> np.ndarray:
+    """Softmax outputs ``[len(indices), n_classes]`` of one member on whole clips (the clips
+    shared out among torchrun's ranks)."""
+    if world.size > 1:
+        return world.gather_rows(lambda part: predict_probabilities(
+            model, waves, part, device, batch_size), indices)
     model.eval()
     out = np.zeros((len(indices), model.n_classes), np.float32)
     for chunk, wave in clip_batches(waves, indices, min_samples=1, batch_size=batch_size):
@@ -140,9 +152,11 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TeacherFitError(f"--device {device}: torch sees no CUDA device here")
+    world = init_world(device)
+    device, progress = world.device, progress and world.is_main
     run = RunFolder(out_dir, cfg, resume=resume, error=TeacherFitError, marker=MANIFEST,
                     read_state=lambda path: read_manifest(path.parent), ignore=(),
-                    echo=progress)
+                    echo=progress, world=world)
     out_dir, manifest = run.out_dir, run.state
 
     dataset = require_classes(load_dataset(cfg.data, cfg.layout))
@@ -161,11 +175,14 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
     crop_samples = int(round(cfg.crop_seconds * rate)) if cfg.crop_seconds else longest
     batch_size = min(cfg.batch_size, len(train_idx))
     steps_per_epoch = max(1, len(train_idx) // batch_size)
+    world.local_rows(batch_size)  # a global batch that does not divide among the ranks: now
 
     members = list((manifest or {}).get("members", []))
     per_member = list((manifest or {}).get("per_member", []))
 
     def write_manifest(extra: dict | None = None) -> dict:
+        if not run.is_main:  # rank 0 writes (and alone reads the members it wrote)
+            return {}
         first = members and load_member(out_dir / members[0])[0]
         payload = {"format": MANIFEST_FORMAT, "format_version": 1, "name": cfg.teacher_name,
                    "arch": cfg.arch, "pretrained": cfg.pretrained, "labels": labels,
@@ -177,7 +194,9 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
                    "n_test": int(len(test_idx)), "steps_per_epoch": steps_per_epoch,
                    "per_member": per_member, "config": cfg.to_dict(),
                    "torch": torch.__version__, "device": device,
-                   "threads": torch.get_num_threads(), **(extra or {})}
+                   "threads": torch.get_num_threads(),
+                   **({"processes": world.size, "backend": world.backend}
+                      if world.size > 1 else {}), **(extra or {})}
         run.write_json(MANIFEST, payload)
         return payload
 
@@ -202,7 +221,8 @@ def fit_teacher(cfg: TeacherFitConfig, out_dir, *, resume: bool = False, device:
             return {"stopped": True, "member": k + 1, "epochs_run": epochs_run}
 
     extra = {}
-    if len(test_idx):
+    world.barrier()  # rank 0 has written every member's held-out probabilities
+    if len(test_idx) and run.is_main:
         probs = [np.load(out_dir / "evaluation" / f"member-{k}.npy")
                  for k in range(cfg.ensemble)]
         by_size = ensemble_accuracies(probs, targets[test_idx])
@@ -234,6 +254,8 @@ def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, l
         frontend.fit_normalization(batch for _, batch in clip_batches(waves, pick, 1, 16))
     trainable = model.parameter_groups(cfg.freeze_blocks)
     model.to(device)
+    world = run.world
+    rows = world.local_rows(batch_size)  # this rank's rows of every global batch (all, alone)
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history, start_epoch, train_seconds = [], 0, 0.0
     if resume and progress_path.exists():
@@ -253,6 +275,9 @@ def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, l
                     "history": history, "epoch": epoch, "train_seconds": train_seconds},
                    progress_path)
 
+    # DDP's hooks live as long as this wrapper (alone: a plain call of the model); some
+    # architectures leave parameters without a gradient in a step, which DDP must be told
+    replica = world.wrap({"model": model}, find_unused=True)
     # the stop-after hook counts epochs over all members fitted in this call
     stop_after = (None if stop_after_epochs is None
                   else start_epoch + stop_after_epochs - epochs_run)
@@ -266,10 +291,10 @@ def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, l
         loss_sum, correct, seen = 0.0, 0, 0
         for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
-            crops = make_crops(waves, idx, crop_samples, rate, rng)
-            x = torch.from_numpy(crops.waves).to(device)
-            y = torch.from_numpy(targets[idx]).to(device)
-            logits = model(x)
+            crops = make_crops(waves, idx, crop_samples, rate, rng)  # the global batch's
+            x = torch.from_numpy(np.ascontiguousarray(crops.waves[rows])).to(device)
+            y = torch.from_numpy(targets[idx][rows]).to(device)
+            logits = replica(model, x)
             loss = F.cross_entropy(logits, y)
             ep.check_finite(loss, step)
             optimizer.zero_grad(set_to_none=True)
@@ -277,15 +302,17 @@ def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, l
             optimizer.step()
             loss_sum += loss.item()
             correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
+            seen += len(y)
             ep.step_done(loss=f"{loss_sum / (step + 1):.3f}", acc=f"{correct / seen:.3f}")
         times = ep.training_done()
         train_seconds += times["seconds"]
-        record = {"loss": loss_sum / steps_per_epoch, "train_acc": correct / max(1, seen),
-                  **times}
+        loss_sum = world.mean({"loss": loss_sum})["loss"]  # the global batch's mean loss
+        counted = world.sum({"correct": correct, "seen": seen})
+        record = {"loss": loss_sum / steps_per_epoch,
+                  "train_acc": counted["correct"] / max(1, counted["seen"]), **times}
         if len(test_idx):
             t_eval, cpu_eval = time.time(), time.process_time()
-            test_probs = predict_probabilities(model, waves, test_idx, device)
+            test_probs = predict_probabilities(model, waves, test_idx, device, world=world)
             record["test_acc"] = float((test_probs.argmax(1) == targets[test_idx]).mean())
             record["eval_seconds"] = round(time.time() - t_eval, 2)
             record["eval_cpu_seconds"] = round(time.process_time() - cpu_eval, 2)
@@ -295,7 +322,7 @@ def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, l
         if ep.stop:
             raise _Stopped(epochs_run + ep.epoch - start_epoch)
     if test_probs is None and len(test_idx):  # resumed after the last epoch's checkpoint
-        test_probs = predict_probabilities(model, waves, test_idx, device)
+        test_probs = predict_probabilities(model, waves, test_idx, device, world=world)
     record = {"file": f"member-{k}.pt", "seed": member_seed, "params": n_params,
               "trainable_params": n_trainable, "epochs": cfg.epochs,
               "train_seconds": round(train_seconds, 1),
@@ -303,12 +330,14 @@ def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, l
               "history": history}
     if len(test_idx):
         record["test_accuracy"] = float((test_probs.argmax(1) == targets[test_idx]).mean())
-        (out_dir / "evaluation").mkdir(exist_ok=True)
-        np.save(out_dir / "evaluation" / f"member-{k}.npy", test_probs)
-    save_member(out_dir / f"member-{k}.pt", model.cpu(), labels,
-                metrics={k_: v for k_, v in record.items() if k_ != "history"},
-                config=cfg.to_dict())
-    progress_path.unlink(missing_ok=True)
+    if run.is_main:
+        if len(test_idx):
+            (out_dir / "evaluation").mkdir(exist_ok=True)
+            np.save(out_dir / "evaluation" / f"member-{k}.npy", test_probs)
+        save_member(out_dir / f"member-{k}.pt", model.cpu(), labels,
+                    metrics={k_: v for k_, v in record.items() if k_ != "history"},
+                    config=cfg.to_dict())
+        progress_path.unlink(missing_ok=True)
     record["_epochs_run"] = cfg.epochs - start_epoch
     return record
 
@@ -319,6 +348,72 @@ def _fit_member(cfg: TeacherFitConfig, k: int, run: RunFolder, waves, targets, l
 @click.group("teacher", context_settings={"help_option_names": ["-h", "--help"]})
 def teacher_group():
     """Teachers fitted on your data (fine-tuned pretrained networks, deep ensembles)."""
+
+
+@teacher_group.command("cache", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--teacher", "teachers", multiple=True, required=True,
+              help="Teacher(s) to run (repeatable, or a+b): yamnet, efficientat, a fitted "
+                   "teacher's folder.")
+@click.option("--data", type=click.Path(), required=True,
+              help="Class folders, a CSV (path,label[,fold]), or the ESC-50 folder.")
+@click.option("--layout", type=click.Choice(["esc50"]), default=None,
+              help="A known dataset layout (esc50).")
+@click.option("--classes", default=None, help="Only these classes (names, or esc10).")
+@click.option("--student", default=None,
+              help="The student whose runs will read the entries (their clips are decoded at "
+                   "its sample rate). [default: small]")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes on this machine that share the clips.")
+@click.option("--stream", is_flag=True, help="Decode each clip when its turn comes instead of "
+              "all of them first (data larger than memory).")
+@click.option("--first", type=click.IntRange(1), default=None,
+              help="Only the first N clips of the data (a timing subset).")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads per process.")
+@click.option("--skip-unreadable", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def cache_command(teachers, data, layout, classes, student, workers, stream, first, threads,
+                  skip_unreadable, quiet):
+    """Run the teachers over a dataset into the embedding cache, before training.
+
+    The entries are the ones `edgeaudio train` looks up (same keys, same bytes whatever the
+    number of workers); clips already cached are skipped, so a killed pass resumes. The cache
+    is $EDGEAUDIO_CACHE (default ~/.cache/edgeaudio).
+
+    \b
+    Examples:
+      edgeaudio teacher cache --teacher yamnet --teacher efficientat \\
+          --data ../shared/data/esc50 --layout esc50 --workers 2
+      torchrun --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+          $(which edgeaudio) teacher cache --teacher efficientat --data /shared/big.csv
+          # each machine embeds its share into a cache folder both see
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .config import TrainConfig
+    from .distributed import init_world, is_main_process
+    from .preparation import extract_teachers
+    from .teachers.registry import UnknownTeacherError, validate_teacher_names
+
+    if workers < 1:
+        raise TeacherFitError(f"--workers must be >= 1 (processes that share the clips), "
+                              f"got {workers}")
+    try:
+        validate_teacher_names(list(teachers))
+    except UnknownTeacherError as exc:
+        raise TeacherFitError(str(exc)) from None
+    torch.set_num_threads(threads)
+    world = init_world()
+    done = extract_teachers(list(teachers), data, layout, classes=classes,
+                            student=student or TrainConfig.default("student"),
+                            workers=workers, world=world if world.size > 1 else None,
+                            stream=stream, skip_unreadable=skip_unreadable, first=first,
+                            progress=not quiet and world.is_main)
+    if is_main_process():
+        click.echo(f"{'+'.join(done['teachers'])}: {done['clips']} clips, "
+                   f"{done['lookups']['miss'] + done['lookups']['stale'] + done['lookups']['corrupt']}"
+                   f" embedded, {done['lookups']['hit']} already cached "
+                   f"({done['extract_seconds']:.0f} s on {workers} worker(s) x "
+                   f"{done['processes']} process(es)); {done['cache']}")
 
 
 @teacher_group.command("fit", context_settings={"help_option_names": ["-h", "--help"]})
@@ -366,6 +461,8 @@ def fit_command(arch, ensemble, data, layout, fold, epochs, out, device, freeze_
           --data ../shared/data/esc50 --layout esc50 --fold 1 --epochs 10 --out teachers/lite0
       edgeaudio train --data ../shared/data/esc50 --layout esc50 --fold 1 \\
           --teacher teachers/lite0 --reg con --kd 0.7 --kd-teacher teachers/lite0
+      torchrun --nproc_per_node 4 $(which edgeaudio) teacher fit --device cuda ...
+          # each member fitted on 4 GPUs (DDP; --batch-size is the global batch)
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cfg = TeacherFitConfig(arch=arch, data=str(data), layout=layout, fold=fold,
@@ -376,6 +473,9 @@ def fit_command(arch, ensemble, data, layout, fold, epochs, out, device, freeze_
                            skip_unreadable=skip_unreadable, name=name)
     result = fit_teacher(cfg, out, resume=resume, device=device, progress=not quiet,
                          threads=threads, stop_after_epochs=stop_after)
+    from .distributed import is_main_process
+    if not is_main_process():  # under torchrun rank 0 reports
+        return
     if result.get("stopped"):
         click.echo(f"stopped after {result['epochs_run']} epoch(s); continue with --resume "
                    f"--out {out}")
