@@ -342,10 +342,10 @@ def train_command(config_file, resume, stop_after, quiet, **options):
         if scale != scaling_options({}):
             raise UsageError("--workers and --stream are options of the student loop; "
                              "--student multiview and the distillation loop decode in memory")
-        if launched_by_torchrun():
-            raise UsageError("under torchrun: the student loop and `edgeaudio teacher fit` "
-                             "train on several processes; --student multiview and the "
-                             "distillation loop train in one (run them without torchrun)")
+        if launched_by_torchrun() and isinstance(cfg, MultiViewConfig):
+            raise UsageError("--student multiview trains in one process (run it without "
+                             "torchrun); the student and distillation loops and `edgeaudio "
+                             "teacher fit` train on several")
         if isinstance(cfg, DistillConfig):
             out = Path(out) if out else Path("runs") / f"{Path(cfg.data).stem}-distill"
             metrics = train_distill(cfg, out, resume=resume, progress=not quiet,
@@ -354,6 +354,8 @@ def train_command(config_file, resume, stop_after, quiet, **options):
             out = Path(out) if out else _multiview_out(cfg)
             metrics = train_multiview(cfg, out, resume=resume, progress=not quiet,
                                       stop_after_epoch=stop_after, threads=threads)
+        if not is_main_process():  # under torchrun rank 0 reports
+            return
         if "stopped_after_epoch" in metrics:
             click.echo(f"stopped after epoch {metrics['stopped_after_epoch']}; continue with "
                        f"--resume --out {out}")

@@ -31,6 +31,10 @@ The student is any registered student; an mn student (``edgeaudio.train.mn_stude
 from mn04's weights (``init = "mn04"``, channels kept by ``importance``, BatchNorm statistics
 optionally re-estimated on training crops) or from random weights (``init = "random"``, the
 ablation arm). With ``teacher = ""`` the loss is the cross-entropy alone.
+
+Under torchrun (``edgeaudio.train.distributed``) every rank draws the single process's global
+batch and mixup, runs the teacher and the DDP-wrapped student on its own rows of it, and rank
+0 writes the run.
 """
 from __future__ import annotations
 
@@ -193,7 +197,8 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
     """Train one run into ``out_dir``; returns its metrics (``metrics.json``), or
     ``{"stopped_after_epoch": k}`` when ``stop_after_epoch`` stopped it as a kill would."""
     run = open_training_run(cfg, out_dir, resume=resume, error=TrainError, threads=threads)
-    state = run.state
+    state, world = run.state, run.world
+    progress = progress and world.is_main
 
     settings = student_frontend_settings(cfg.student)
     rate = int(settings["sample_rate"])
@@ -234,6 +239,7 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
     batch_size = cfg.batch_size if cfg.steps_per_epoch else min(cfg.batch_size, len(train_idx))
     steps_per_epoch = cfg.steps_per_epoch or max(1, len(train_idx) // batch_size)
     window_frames = student.frontend.spec.n_frames(crop_samples)
+    rows = world.local_rows(batch_size)  # this rank's rows of every global batch (all, alone)
 
     history: list[dict] = []
     start_epoch, train_seconds = 0, 0.0
@@ -258,6 +264,24 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
                             "kd": kd_info})
 
     evaluator = RunModules.student_only(student)
+    replica = world.wrap({"student": student, "reg": reg})
+
+    def forward(x_rows: torch.Tensor, n_rows: int, rng, t_pooled):
+        """The differentiable step on this rank's rows (DDP's forward)."""
+        feats = training_features(student, x_rows)
+        if cfg.specaugment:  # masks drawn for the global batch, as one process does
+            feats = world.local(spec_augment(world.whole_batch(feats, n_rows), rng, cfg,
+                                             network.n_harmonics))
+        emb = network.embed(feats)
+        logits = network.classify(emb)
+        con = None
+        if reg is not None:
+            con = reg(emb.mean(dim=1, keepdim=True),
+                      torch.from_numpy(t_pooled.astype(np.float32))[:, None])
+        return emb, logits, con
+
+    def held_out(indices: np.ndarray) -> np.ndarray:
+        return world.gather_rows(lambda part: predict(evaluator, waves, part), indices)
     for ep in EpochLoop(run, seed=cfg.seed, epochs=cfg.epochs, steps=steps_per_epoch,
                         start_epoch=start_epoch, progress=progress, stop_after=stop_after_epoch):
         epoch, rng = ep.epoch, ep.rng
@@ -277,26 +301,24 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
                 lam = max(lam, 1.0 - lam)  # the first clip dominates: its label "counts"
                 perm = rng.permutation(len(idx))
                 x = lam * x + (1.0 - lam) * x[perm]
-            x = np.ascontiguousarray(x, np.float32)
+            x = np.ascontiguousarray(x[rows], np.float32)
             y_a = torch.from_numpy(dataset.targets[idx])
-            y_b = y_a[torch.from_numpy(perm)]
+            y_b = y_a[torch.from_numpy(perm)][rows]
+            y_a = y_a[rows]
             probs = t_pooled = None
             if teacher is not None:  # the teacher sees this very batch, mixed as the student
                 t_pooled = teacher.pooled(x)
-                probs = torch.from_numpy(teacher.soft_targets(t_pooled, idx, cfg.kd_temperature)
+                probs = torch.from_numpy(teacher.soft_targets(t_pooled, idx[rows],
+                                                              cfg.kd_temperature)
                                          .astype(np.float32))
-            feats = training_features(student, torch.from_numpy(x))
-            if cfg.specaugment:
-                feats = spec_augment(feats, rng, cfg, network.n_harmonics)
-            emb = network.embed(feats)
-            logits = network.classify(emb)
+            emb, logits, con_term = replica(forward, torch.from_numpy(x), len(idx), rng,
+                                            t_pooled)
             parts = distillation_loss(logits, probs, y_a, y_b, lam, cfg.kd_weight,
                                       cfg.kd_temperature)
             loss = parts["loss"]
             con = loss * 0.0
-            if reg is not None:
-                con = reg(emb.mean(dim=1, keepdim=True),
-                          torch.from_numpy(t_pooled.astype(np.float32))[:, None])
+            if con_term is not None:
+                con = con_term
                 loss = loss + cfg.con_reg * con
             ep.check_finite(loss, step)
             optimizer.zero_grad(set_to_none=True)
@@ -306,15 +328,18 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
                                ("con", con)):
                 sums[key] += float(value.item())
             correct += int((logits.argmax(1) == y_a).sum())
-            seen += len(idx)
+            seen += len(y_a)
             ep.step_done(loss=f"{sums['loss'] / (step + 1):.3f}", acc=f"{correct / seen:.3f}")
         times = ep.training_done()
         train_seconds += times["seconds"]
+        sums = world.mean(sums)  # the ranks' means over equal shares: the global batch's
+        counted = world.sum({"correct": correct, "seen": seen})
         record = {**{k: v / steps_per_epoch for k, v in sums.items()},
-                  "train_acc": correct / max(1, seen), "lr": optimizer.param_groups[0]["lr"],
+                  "train_acc": counted["correct"] / max(1, counted["seen"]),
+                  "lr": optimizer.param_groups[0]["lr"],
                   "seconds": times["seconds"], "cpu_seconds": times["cpu_seconds"]}
         if len(test_idx) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            held = predict(evaluator, waves, test_idx)
+            held = held_out(test_idx)
             record["test_acc"] = float((held.argmax(1) == dataset.targets[test_idx]).mean())
         ep.finish(record, history, lambda k, r: save(k, {"last_epoch": r}), EPOCH_LINE)
         if ep.stop:
@@ -324,7 +349,7 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
                      "test_fold": cfg.fold, "n_train": int(len(train_idx)),
                      "n_test": int(len(test_idx))}
     if len(test_idx):
-        held = predict(evaluator, waves, test_idx)
+        held = held_out(test_idx)
         metrics.update(classification_report(dataset.targets[test_idx], held.argmax(1), labels))
     metrics.update({
         "params": count_params(network),
@@ -332,9 +357,12 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
         "train_seconds": round(train_seconds, 1), "crop_seconds": crop_samples / rate,
         "kd": kd_info, "init": cfg.init if is_mn_student(cfg.student) else "random",
         "history": history, "config": cfg.to_dict(), "torch": torch.__version__,
-        "threads": torch.get_num_threads()})
-    save(cfg.epochs, {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics})
+        "threads": torch.get_num_threads(),
+        **({"processes": world.size, "backend": world.backend} if world.size > 1 else {})})
+    if run.is_main:
+        save(cfg.epochs, {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics})
     run.write_json("metrics.json", metrics)
+    world.barrier()  # the run is written when any rank returns
     acc = metrics.get("accuracy")
     run.log(f"done: held-out accuracy {acc:.4f} ({metrics['n_test']} clips), "
             f"{train_seconds / 60:.1f} min" if acc is not None else "done")

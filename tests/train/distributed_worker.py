@@ -1,9 +1,11 @@
 """What the distributed tests launch, alone (``python``) or under ``torchrun``: real runs.
 
     python distributed_worker.py train SETTINGS.json OUT [--resume] [--stream]
+    python distributed_worker.py distill SETTINGS.json OUT
     python distributed_worker.py step SETTINGS.json OUT.pt (eval|ghost)
 
-``train`` runs ``edgeaudio.train.loop.train`` with the fake teachers of ``test_cache`` (so no
+``train`` runs ``edgeaudio.train.loop.train`` (``distill``: ``train_distill``) with the fake
+teachers of ``test_cache`` (so no
 weights load); ``step`` makes one optimizer step of the student loop's own step function on
 one global batch of toy clips (SGD) and writes rank 0's parameters. SETTINGS holds the
 ``TrainConfig`` fields and ``cache`` (the embedding cache folder).
@@ -35,6 +37,15 @@ def run_train(settings: dict, out: str, resume: bool, stream: bool) -> None:
     cache = EmbeddingCache(settings.pop("cache"))
     train(TrainConfig(**settings), out, resume=resume, progress=False, cache=cache,
           get_teacher=fake_teacher, stream=stream, loader_workers=1)
+
+
+def run_distill(settings: dict, out: str) -> None:
+    from edgeaudio.train.cache import EmbeddingCache
+    from edgeaudio.train.distill import DistillConfig, train_distill
+
+    cache = EmbeddingCache(settings.pop("cache"))
+    train_distill(DistillConfig(**settings), out, progress=False, cache=cache,
+                  get_teacher=fake_teacher)
 
 
 def one_step(settings: dict, out: str, mode: str) -> None:
@@ -104,6 +115,8 @@ if __name__ == "__main__":
     settings = json.loads(Path(settings_path).read_text())
     if command == "train":
         run_train(settings, out, "--resume" in sys.argv, "--stream" in sys.argv)
+    elif command == "distill":
+        run_distill(settings, out)
     elif command == "step":
         one_step(settings, out, sys.argv[4])
     else:

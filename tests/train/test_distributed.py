@@ -106,6 +106,20 @@ def test_a_run_killed_mid_epoch_resumes_under_torchrun_to_the_uninterrupted_resu
     assert losses(tmp / "full") == losses(out)
 
 
+def test_the_distillation_loop_runs_on_two_processes_written_once(toy_csv, tmp_path):  # noqa: F811
+    path = tmp_path / "distill.json"
+    path.write_text(json.dumps(dict(data=str(toy_csv), fold=2, student="tiny", init="random",
+                                    teacher="efficientat", con_reg=0.5, specaugment=True,
+                                    epochs=2, batch_size=4, crop_seconds=0.8, seed=1,
+                                    eval_every=1, cache=str(tmp_path / "cache"))))
+    finish(launch(["distill", path, tmp_path / "run"]))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and len(metrics["history"]) == 2
+    assert all(np.isfinite(r["con"]) and r["con"] > 0 for r in metrics["history"])
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("epoch   2 ") == 1 and load_checkpoint(tmp_path / "run")["epoch"] == 2
+
+
 @pytest.mark.parametrize("mode", ["eval", "ghost"])
 def test_one_ddp_step_is_the_single_process_step_on_the_global_batch(toy_csv, tmp_path,  # noqa: F811
                                                                       mode):
