@@ -148,7 +148,8 @@ def training_settings(config_file, given: dict):
 
 def scaling_options(run_options: dict) -> dict:
     """``workers``, ``stream`` and ``loader_workers`` of a run, checked."""
-    workers = int(run_options.get("workers") or 1)
+    workers = run_options.get("workers")
+    workers = 1 if workers is None else int(workers)
     loader_workers = run_options.get("loader_workers")
     loader_workers = 2 if loader_workers is None else int(loader_workers)
     stream = bool(run_options.get("stream") or False)

@@ -51,3 +51,21 @@ def test_streaming_refuses_what_needs_every_clip_in_memory(toy_csv, tmp_path, fa
     cfg = toy_config(toy_csv, teachers=["yamnet"], reg="con", kd=0.5, kd_mixtures=2)
     with pytest.raises(DatasetError, match="--kd-mixtures"):
         run(cfg, tmp_path / "mixtures", tmp_path, fakes, stream=True)
+
+
+def test_the_scaling_options_refuse_what_they_cannot_mean(toy_csv, tmp_path):  # noqa: F811
+    from click.testing import CliRunner
+
+    from edgeaudio.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, ["train", "--data", str(toy_csv), "--out",
+                                         str(tmp_path / "run"), *args])
+    for args, message in ((["--workers", "0"], "--workers must be >= 1"),
+                          (["--loader-workers", "2"], "--loader-workers is for --stream"),
+                          (["--stream", "--loader-workers", "-1"], "must be >= 0"),
+                          (["--stream", "--contrastive", "--unlabeled", str(toy_csv.parent)],
+                           "--contrastive")):
+        result = invoke(*args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
