@@ -17,6 +17,9 @@ are refused. Teacher frames for ``--reg`` / ``--kd`` are held in memory (their s
 the embeddings, e.g. 40 KB per 5-s clip for YAMNet, an eighth of the clip's samples), and the
 teachers' pass and held-out scoring decode the clips they read.
 
+Under torchrun each rank decodes the clips of its own rows of every global batch; with mixup
+a row's partner may be any row, so each rank then decodes the whole global batch.
+
 Lengths come from one decoding pass at the start (``index_dataset``, in the loader's
 workers), which is also where unreadable audio is found, as the in-memory path finds it.
 """

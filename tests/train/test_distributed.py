@@ -120,6 +120,18 @@ def test_the_distillation_loop_runs_on_two_processes_written_once(toy_csv, tmp_p
     assert log.count("epoch   2 ") == 1 and load_checkpoint(tmp_path / "run")["epoch"] == 2
 
 
+def test_two_ranks_streaming_their_own_rows_train_the_in_memory_run(toy_csv, tmp_path):  # noqa: F811
+    # no mixup: each rank decodes only the clips of its own rows (zeros stand for the others)
+    path = settings(toy_csv, tmp_path, mixup=0.0, epochs=2, steps_per_epoch=4)
+    finish(launch(["train", path, tmp_path / "memory"]))
+    finish(launch(["train", path, tmp_path / "streamed", "--stream"]))
+    a, b = load_checkpoint(tmp_path / "memory"), load_checkpoint(tmp_path / "streamed")
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+    losses = [[r["loss"] for r in run["train_state"]["history"]] for run in (a, b)]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
 @pytest.mark.parametrize("mode", ["eval", "ghost"])
 def test_one_ddp_step_is_the_single_process_step_on_the_global_batch(toy_csv, tmp_path,  # noqa: F811
                                                                       mode):
