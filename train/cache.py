@@ -203,8 +203,9 @@ def clip_subset(waves: Sequence, positions: Sequence[int]) -> Sequence:
 
 
 def _fill_share(job: tuple) -> dict:
-    """One worker's share of a teacher's pass: its clips' entries into the cache; its counts."""
-    name, clips, waves, sample_rate, root, get_teacher, threads = job
+    """One worker's share of the teachers' pass: its clips' entries into the cache, one teacher
+    after the other (each built once); its counts."""
+    names, clips, waves, sample_rate, root, get_teacher, threads = job
     try:
         import torch
         torch.set_num_threads(threads)  # as many as the single process: the same arithmetic
@@ -213,18 +214,20 @@ def _fill_share(job: tuple) -> dict:
     if get_teacher is None:
         from .teachers.registry import get_teacher
     stats = CacheStats()
-    cached_embeddings(get_teacher(name), clips, waves, sample_rate, EmbeddingCache(root),
-                      stats=stats, keep=False)
+    for name in names:
+        cached_embeddings(get_teacher(name), clips, waves, sample_rate, EmbeddingCache(root),
+                          stats=stats, keep=False)
     return stats.as_dict()
 
 
-def fill_cache(name: str, clips: Sequence[str], waves: Sequence, sample_rate: int,
+def fill_cache(names: Sequence[str], clips: Sequence[str], waves: Sequence, sample_rate: int,
                cache: EmbeddingCache, *, workers: int = 1, world=None,
                get_teacher: Callable | None = None, progress: bool = False) -> CacheStats:
-    """The teacher ``name``'s entries for every clip, the clips shared out: under torchrun
-    (``world``) each rank takes every ``size``-th clip and waits for the others; each rank's
-    share goes to ``workers`` processes (spawned; ``get_teacher`` must then be picklable).
-    Returns the counts of the lookups made."""
+    """The entries of the teachers ``names`` (single teachers, as ``parse_teacher_names``
+    gives them) for every clip, the clips shared out: under torchrun (``world``) each rank
+    takes every ``size``-th clip and waits for the others; each rank's share goes to
+    ``workers`` processes (spawned, each building every teacher once; ``get_teacher`` must
+    then be picklable). Returns the counts of the lookups made."""
     from .distributed import SINGLE
 
     world = world or SINGLE
@@ -235,8 +238,10 @@ def fill_cache(name: str, clips: Sequence[str], waves: Sequence, sample_rate: in
     if workers == 1 or len(mine) <= 1:
         if get_teacher is None:
             from .teachers.registry import get_teacher
-        cached_embeddings(get_teacher(name), [clips[i] for i in mine], clip_subset(waves, mine),
-                          sample_rate, cache, stats=stats, progress=progress, keep=False)
+        for name in names:
+            cached_embeddings(get_teacher(name), [clips[i] for i in mine],
+                              clip_subset(waves, mine), sample_rate, cache, stats=stats,
+                              progress=progress, keep=False)
     else:
         import multiprocessing
 
@@ -246,13 +251,13 @@ def fill_cache(name: str, clips: Sequence[str], waves: Sequence, sample_rate: in
         except ImportError:
             threads = 1
         shares = [mine[k::workers] for k in range(workers) if mine[k::workers]]
-        jobs = [(name, [clips[i] for i in share], clip_subset(waves, share), sample_rate,
-                 str(cache.root), get_teacher, threads) for share in shares]
+        jobs = [(list(names), [clips[i] for i in share], clip_subset(waves, share),
+                 sample_rate, str(cache.root), get_teacher, threads) for share in shares]
         bar = None
         if progress:
             from .progress import progress_bar
-            bar = progress_bar(len(jobs), f"teacher {name} -> cache, {len(jobs)} workers",
-                               "share")
+            bar = progress_bar(len(jobs), f"teachers {'+'.join(names)} -> cache, "
+                                          f"{len(jobs)} workers", "share")
         with ProcessPoolExecutor(len(jobs),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             for counts in pool.map(_fill_share, jobs):
@@ -285,13 +290,13 @@ def teacher_features(names: Sequence[str], clips: Sequence[str], waves: Sequence
         raise ValueError("no teacher named")
     per_teacher, info = [], {"teachers": [], "dims": [], "weights_sha256": {},
                              "hop_seconds": []}
+    if shared:
+        counts = fill_cache(parts, clips, waves, sample_rate, cache, workers=workers,
+                            world=world, get_teacher=fill_getter, progress=progress)
+        if stats is not None:
+            for status, n in counts.as_dict().items():
+                setattr(stats, status, getattr(stats, status) + n)
     for name in parts:
-        if shared:
-            counts = fill_cache(name, clips, waves, sample_rate, cache, workers=workers,
-                                world=world, get_teacher=fill_getter, progress=progress)
-            if stats is not None:
-                for status, n in counts.as_dict().items():
-                    setattr(stats, status, getattr(stats, status) + n)
         teacher = get_teacher(name)
         reading = CacheStats()
         per_teacher.append(cached_embeddings(teacher, clips, waves, sample_rate, cache,

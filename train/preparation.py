@@ -153,12 +153,8 @@ def extract_teachers(names, data, layout: str | None = None, *, classes: str | N
     decoded = time.time()
     cache = cache or EmbeddingCache()
     clips = [str(Path(item.path).resolve()) for item in dataset.items]
-    stats = CacheStats()
-    for name in parse_teacher_names(names):
-        counts = fill_cache(name, clips, waves, rate, cache, workers=workers, world=world,
-                            progress=progress)
-        for status, n in counts.as_dict().items():
-            setattr(stats, status, getattr(stats, status) + n)
+    stats = fill_cache(parse_teacher_names(names), clips, waves, rate, cache, workers=workers,
+                       world=world, progress=progress)
     lookups = stats.as_dict() if world is None else \
         {k: int(v) for k, v in world.sum(stats.as_dict()).items()}  # every rank's share
     return {"teachers": parse_teacher_names(names), "clips": len(clips), "sample_rate": rate,

@@ -87,4 +87,4 @@ def test_an_entry_has_no_date_in_it():
         assert np.array_equal(data["embedding"], np.ones((2, 3)))
     with pytest.raises(ValueError, match="workers"):
         from edgeaudio.train.cache import fill_cache
-        fill_cache("yamnet", [], [], 16000, EmbeddingCache("/nonexistent"), workers=0)
+        fill_cache(["yamnet"], [], [], 16000, EmbeddingCache("/nonexistent"), workers=0)
