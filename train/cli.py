@@ -264,6 +264,10 @@ def scaling_options(run_options: dict) -> dict:
               help="Speed perturbation: each crop plays at a random rate in 1 +- SPEED, pitch "
                    "and tempo together (0.1 helps speech with unseen speakers; 0: off)."
                    + _default("speed"))
+@click.option("--shift", "shift_seconds", type=float, default=None,
+              help="Move each crop up to this many seconds past its clip's ends, so clips as "
+                   "long as the crop are seen off-centre as a streaming window sees them "
+                   "(0.2 for 1-s words; 0: off)." + _default("shift_seconds"))
 @click.option("--mixup", type=float, default=None,
               help="Mixup Beta parameter (0: off)." + _default("mixup"))
 @click.option("--no-specaugment", "specaugment", flag_value=False, default=None,

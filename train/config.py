@@ -178,6 +178,7 @@ class TrainConfig(Settings):
     crop_seconds: float | None = None                  # None: min(4 s, longest clip)
     gain_db: float = 6.0
     speed: float = 0.0                                 # crops played at 1 +- this rate; 0 = off
+    shift_seconds: float = 0.0                         # crops moved up to this far past a clip's ends
     mixup: float = 0.3                                 # Beta(a, a); 0 = off
     specaugment: bool = True
     time_masks: int = 2
@@ -247,6 +248,8 @@ class TrainConfig(Settings):
                              f"{self.validation_fraction}")
         if self.validation_fold is not None and self.validation_fold == self.fold:
             raise TrainError(f"--validation-fold {self.validation_fold} is the test --fold")
+        if self.shift_seconds < 0:
+            raise TrainError(f"--shift must be >= 0 seconds, got {self.shift_seconds}")
         if not 0.0 <= self.speed < 0.5:
             raise TrainError(f"--speed is a rate change in [0, 0.5), got {self.speed}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:

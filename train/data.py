@@ -647,12 +647,14 @@ class Crops:
 
 def make_crops(waves: Sequence[np.ndarray], indices: np.ndarray, crop_samples: int,
                sample_rate: int, rng: np.random.Generator, *, gain_db: float = 0.0,
-               speed: float = 0.0) -> Crops:
+               speed: float = 0.0, shift_seconds: float = 0.0) -> Crops:
     """Random crops of ``crop_samples`` (clips shorter than that are zero-padded at a random
     offset), each scaled by a random gain in ``[-gain_db, +gain_db]`` dB. ``speed`` > 0 plays
     each crop at a random rate in ``[1 - speed, 1 + speed]`` (pitch and tempo together, as
     speech recipes perturb speakers): a crop spans ``crop_samples * rate`` samples of the clip,
-    resampled linearly to ``crop_samples``."""
+    resampled linearly to ``crop_samples``. ``shift_seconds`` > 0 moves each crop up to that far
+    beyond the clip's ends (zeros there), so a clip as long as the crop is also seen shifted, as a
+    streaming window sees a sound it is not aligned with."""
     batch = np.zeros((len(indices), crop_samples), dtype=np.float32)
     starts = np.zeros(len(indices))
     spans = np.full(len(indices), crop_samples / sample_rate)
@@ -665,7 +667,14 @@ def make_crops(waves: Sequence[np.ndarray], indices: np.ndarray, crop_samples: i
         clip_s[row] = n / sample_rate
         span = crop_samples if rates is None else max(2, int(round(crop_samples * rates[row])))
         segment = np.zeros(span, dtype=np.float32)
-        if n >= span:
+        if shift_seconds > 0:  # the start anywhere from shift before the plain range to after it
+            reach = int(round(shift_seconds * sample_rate))
+            start = int(rng.integers(min(0, n - span) - reach, max(0, n - span) + reach + 1))
+            lo, hi = max(0, start), min(n, start + span)
+            if hi > lo:
+                segment[lo - start:hi - start] = wave[lo:hi]
+            starts[row] = start / sample_rate
+        elif n >= span:
             offset = int(rng.integers(0, n - span + 1))
             segment[:] = wave[offset:offset + span]
             starts[row] = offset / sample_rate

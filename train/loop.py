@@ -195,14 +195,15 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, progress: bool = T
                 # each clip drawn as itself or one of its teacher-labelled mixtures
                 batch = mixture_batch(prep, cfg, idx, rng)
                 crops = make_crops(batch["waves"], np.arange(len(idx)), prep.crop_samples,
-                                   rate, rng, gain_db=cfg.gain_db, speed=cfg.speed)
+                                   rate, rng, gain_db=cfg.gain_db, speed=cfg.speed,
+                                   shift_seconds=cfg.shift_seconds)
                 reg_frames, kd_batch_frames = batch["reg_frames"], batch["kd_frames"]
                 lam_vec = torch.from_numpy(batch["lam"])
                 y_b = torch.from_numpy(dataset.targets[batch["partner"]])
             else:
                 crops = make_crops(waves if clips is None else next(clips), idx,
                                    prep.crop_samples, rate, rng, gain_db=cfg.gain_db,
-                                   speed=cfg.speed)
+                                   speed=cfg.speed, shift_seconds=cfg.shift_seconds)
                 reg_frames, kd_batch_frames, lam_vec = prep.teacher_frames, prep.kd_frames, None
             x = crops.waves
             if cfg.mixup > 0 and prep.mix_plan is None:

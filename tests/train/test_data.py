@@ -216,6 +216,19 @@ def test_speed_perturbation_resamples_a_longer_or_shorter_span():
     assert np.all(short.start_s <= 0) and np.all(np.abs(short.waves).sum(1) > 0)
 
 
+def test_shifted_crops_of_a_clip_as_long_as_the_crop_move_past_its_ends():
+    waves = [np.ones(SR, np.float32)]
+    crops = make_crops(waves, np.zeros(64, int), SR, SR, np.random.default_rng(0),
+                       shift_seconds=0.25)
+    assert np.all(np.abs(crops.start_s) <= 0.25) and np.ptp(crops.start_s) > 0.3
+    for wave, start in zip(crops.waves, crops.start_s):
+        # the clip's samples where the crop overlaps it, zeros where it hangs past an end
+        assert wave.sum() == pytest.approx(SR - abs(round(start * SR)))
+        assert wave[0 if start < 0 else -1] == (0.0 if start != 0 else 1.0)
+    plain = make_crops(waves, np.zeros(8, int), SR, SR, np.random.default_rng(0))
+    assert np.all(plain.start_s == 0) and np.all(plain.waves == 1.0)
+
+
 def test_frames_covering_slices_the_teacher_frames_of_a_crop():
     # 10 frames over 5 s (0.5 s each): the crop 1.0-3.0 s touches frames 2..5
     assert frames_covering(10, 5.0, 1.0, 3.0) == (2, 6)
