@@ -46,6 +46,7 @@ import numpy as np
 
 from edgeaudio.files import atomic_write_bytes
 
+from .progress import progress_bar
 from .teachers.base import align_frames
 from .teachers.registry import parse_teacher_names
 
@@ -182,15 +183,17 @@ def cached_embeddings(teacher, clips: Sequence[str], waves: Sequence[np.ndarray]
         elif keep:
             out[i] = embedding
     if todo:
-        iterator = todo
-        if progress:
-            from tqdm import tqdm
-            iterator = tqdm(todo, desc=f"teacher {teacher.name} -> cache", unit="clip")
-        for i, clip, fp in iterator:
+        bar = progress_bar(len(todo), f"teacher {teacher.name} -> cache", unit="clip",
+                           enabled=progress)
+        for i, clip, fp in todo:
             embedding = teacher.embed([at_teacher_rate(i)])[0]
             cache.put(identity, settings, clip, fp, embedding)
             if keep:
                 out[i] = np.asarray(embedding, dtype=np.float32)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
     return out if keep else []  # type: ignore[return-value]
 
 
@@ -255,7 +258,6 @@ def fill_cache(names: Sequence[str], clips: Sequence[str], waves: Sequence, samp
                  sample_rate, str(cache.root), get_teacher, threads) for share in shares]
         bar = None
         if progress:
-            from .progress import progress_bar
             bar = progress_bar(len(jobs), f"teachers {'+'.join(names)} -> cache, "
                                           f"{len(jobs)} workers", "share")
         with ProcessPoolExecutor(len(jobs),

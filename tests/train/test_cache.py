@@ -215,3 +215,11 @@ def test_malformed_meta_is_corrupt_and_rebuilt_never_a_traceback(tmp_path, clips
     again = cached_embeddings(teacher, names[:1], waves[:1], 16000, cache, stats=stats)[0]
     assert stats.corrupt == 1 and np.array_equal(again, good)
     assert cache.get(*key)[1] == "hit"
+
+
+def test_caching_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, clips, capsys):
+    names, waves = clips
+    cached_embeddings(FakeTeacher(), names, waves, 16000, EmbeddingCache(tmp_path),
+                      progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "teacher fake -> cache: 3/3 clip" in err
