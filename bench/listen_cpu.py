@@ -93,7 +93,7 @@ def yamnet_listen(path: Path, hop_seconds: float, smooth: int) -> dict:
             interpreter.set_tensor(inp, ring)
             interpreter.invoke()
             recent = (recent + [interpreter.get_tensor(scores_out).mean(axis=0)])[-smooth:]
-            np.mean(recent, axis=0).argmax()
+            np.mean(recent, axis=0).argmax()  # the smoothed top class, as a listener decides it
             inferences += 1
     return {"inferences": inferences, "seconds": len(wave) / RATE}
 
