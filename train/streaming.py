@@ -68,9 +68,12 @@ def _loader(dataset, loader_workers: int):
     import torch
     from torch.utils.data import DataLoader
 
+    # workers from a fork server, not forked from this process: its threads (torch's, or
+    # JAX's once the export room is imported) would be copied mid-state into each worker
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=loader_workers,
                       collate_fn=_as_is, generator=torch.Generator().manual_seed(0),
-                      prefetch_factor=2 if loader_workers else None)
+                      prefetch_factor=2 if loader_workers else None,
+                      multiprocessing_context="forkserver" if loader_workers else None)
 
 
 def _as_is(sample):
