@@ -582,13 +582,18 @@ def load_waveforms(items: Sequence[Item], sample_rate: int, *, skip_unreadable: 
     if clipped:
         logger.warning("%d of %d clips have clipped samples (e.g. %s); kept as they are",
                        len(clipped), len(items), clipped[0])
+    refuse_unreadable(bad, skip_unreadable)
+    return waves, bad
+
+
+def refuse_unreadable(bad: list[dict], skip_unreadable: bool) -> None:
+    """The error for unreadable clips (``{"path", "reason"}`` each), unless they are skipped."""
     if bad and not skip_unreadable:
         listed = "; ".join(b["reason"] for b in bad[:5])
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise DatasetError(f"{len(bad)} unreadable audio file(s): {listed}{more}. Fix or remove "
                            f"them, or pass --skip-unreadable to skip them (they are then "
                            f"listed in data_report.json)")
-    return waves, bad
 
 
 def drop_items(dataset: Dataset, waves: list, skipped: list[dict]) -> tuple[Dataset, list]:

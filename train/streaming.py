@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .data import Dataset, DatasetError, drop_items
+from .data import Dataset, DatasetError, drop_items, refuse_unreadable
 
 
 class StreamedWaves(Sequence):
@@ -121,12 +121,7 @@ def index_dataset(dataset: Dataset, rate: int, *, skip_unreadable: bool = False,
             bar.update(1)
     if bar is not None:
         bar.close()
-    if bad and not skip_unreadable:
-        listed = "; ".join(b["reason"] for b in bad[:5])
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise DatasetError(f"{len(bad)} unreadable audio file(s): {listed}{more}. Fix or remove "
-                           f"them, or pass --skip-unreadable to skip them (they are then "
-                           f"listed in data_report.json)")
+    refuse_unreadable(bad, skip_unreadable)
     dataset, kept = drop_items(dataset, lengths, bad)
     return dataset, StreamedWaves([item.path for item in dataset.items], rate, kept)
 
