@@ -32,14 +32,13 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from _runs import ESC50, REPO, esc50_present
-from runtime import machine
+from runtime import machine, timed
 
 from edgeaudio.files import atomic_write_json, shared_dir
 
@@ -133,16 +132,8 @@ def student_split(model_path: Path, audio: Path) -> dict:
     feats = model.frontend(window)
     per_second = 1.0 / model.info.hop_seconds
 
-    def median_ms(fn, repeats=200):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(times)
-
-    frontend_ms = median_ms(lambda: model.frontend(fresh))
-    network_ms = median_ms(lambda: model.backend.run(feats))
+    frontend_ms = 1e3 * timed(lambda: model.frontend(fresh), 200)
+    network_ms = 1e3 * timed(lambda: model.backend.run(feats), 200)
     return {"hop_seconds": model.info.hop_seconds, "window_seconds": model.info.window_seconds,
             "new_frames_per_hop": n_new, "inferences": stream.n_inferences,
             "frontend_ms_per_audio_s": frontend_ms * per_second,
