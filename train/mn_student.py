@@ -42,6 +42,16 @@ scaling is the network's first op. Not matched: the window shape (periodic, not 
 and centre padding (the runtime frames without it, so frames sit half a window later). The
 bands above 8 kHz stay at log(1e-5), as mn04 sees 16 kHz audio resampled to 32 kHz.
 ``frontend_agreement`` measures the difference on real clips.
+
+Causal students (``causal=True``, ``mn02-stream``): every conv with a time kernel sees only
+the (k - 1) frames before each output (``CausalConv2d``: zeros before the start, 'same' padding
+over frequency as before), the SE layers squeeze over frequency per frame instead of over the
+whole map (``FrameSE``), and the head runs on every embedding frame, the logits averaged over
+time. Nothing then looks ahead, so a recording can be run in chunks of 32 frames (0.32 s, the
+network's time stride) with each conv's last (k - 1) input frames carried from chunk to chunk
+(``MNStreamStep``): one network pass per chunk, and the chunks' logits are exactly the frames
+of one causal pass over the whole recording. The inherited weights are mn04's, applied causally
+(each layer's view shifted by half its kernel into the past).
 """
 from __future__ import annotations
 
@@ -50,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeaudio import files
@@ -81,6 +92,7 @@ class MNConfig:
     late_width: float | None = None       # width of blocks >= late_from (None: ``width``)
     late_from: int = 13
     dropout: float = 0.2
+    causal: bool = False                  # causal in time: streams chunk by chunk (see below)
 
     def block_width(self, block: int) -> float:
         return self.late_width if self.late_width is not None and block >= self.late_from \
@@ -95,6 +107,9 @@ MN_STUDENTS: dict[str, MNConfig] = {
                            drop_blocks=(14, 15)),
     "mn02-slim": MNConfig("mn02-slim", "mn02 with the last stage at width 0.1", 0.2,
                           late_width=0.1),
+    "mn02-stream": MNConfig("mn02-stream", "mn02, causal in time: one network pass per "
+                            "0.32-s chunk while listening (inherits from mn04)", 0.2,
+                            causal=True),
 }
 
 
@@ -159,13 +174,51 @@ class ChannelSE(ConcurrentSEBlock):
         return self.conc_se_layers[0](x)
 
 
-def inverted_residual(plan: BlockPlan) -> InvertedResidual:
+class FrameSE(ChannelSE):
+    """Channel SE squeezed over frequency only, one excitation per time frame (causal)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        se = self.conc_se_layers[0]
+        scale = x.mean(dim=2).transpose(1, 2)                       # [B, T, C]
+        scale = torch.sigmoid(se.fc2(torch.relu(se.fc1(scale))))
+        return x * scale.transpose(1, 2).unsqueeze(2)
+
+
+class CausalConv2d(nn.Conv2d):
+    """A conv over (frequency, time) whose output frame t sees input frames up to t only:
+    the (k - 1) frames before it as time context (zeros before the start of a recording, the
+    previous chunk's frames while streaming); frequency keeps its 'same' padding."""
+
+    @property
+    def context(self) -> int:
+        return self.kernel_size[1] - 1
+
+    def on_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv of an input that already holds its ``context`` frames in front."""
+        return super().forward(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.on_padded(F.pad(x, (self.context, 0)))
+
+
+def make_causal(network: nn.Module) -> None:
+    """Replace (in place, before any weights are loaded) every conv with a time kernel by a
+    ``CausalConv2d`` of the same shape, so parameter names and inheritance stay as they are."""
+    for layer in network.modules():
+        if isinstance(layer, ConvNormActivation) and layer[0].kernel_size[1] > 1:
+            conv = layer[0]
+            layer[0] = CausalConv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                    conv.stride, padding=(conv.padding[0], 0),
+                                    groups=conv.groups, bias=False)
+
+
+def inverted_residual(plan: BlockPlan, causal: bool = False) -> InvertedResidual:
     """EfficientAT's block; with an expand conv wherever the MobileNetV3 table has one."""
     module = InvertedResidual(plan.in_ch, plan.kernel, plan.expanded, plan.out_ch, plan.use_se,
                               plan.use_hardswish, plan.stride)
     for i, layer in enumerate(module.block):
         if isinstance(layer, ConcurrentSEBlock):
-            module.block[i] = ChannelSE(plan.expanded)
+            module.block[i] = (FrameSE if causal else ChannelSE)(plan.expanded)
     if plan.expanded == plan.in_ch and plan.block > 1:
         activation = nn.Hardswish if plan.use_hardswish else nn.ReLU
         module.block = nn.Sequential(
@@ -199,11 +252,14 @@ class MNNetwork(nn.Module):
             self.input_scale.bias.fill_(0.9)
         self.input_scale.requires_grad_(False)
         layers = [ConvNormActivation(1, first, 3, stride=2, activation=nn.Hardswish)]
-        layers += [inverted_residual(plan) for plan in self.plans]
+        layers += [inverted_residual(plan, config.causal) for plan in self.plans]
         self.embedding_dim = 6 * last_in
         layers.append(ConvNormActivation(last_in, self.embedding_dim, 1,
                                          activation=nn.Hardswish))
         self.features = nn.Sequential(*layers)
+        self.causal = config.causal
+        if self.causal:
+            make_causal(self.features)
         hidden = make_divisible(1280 * config.block_width(N_BLOCKS), 8)
         self.head = nn.Sequential(nn.Linear(self.embedding_dim, hidden), nn.Hardswish(),
                                   nn.Dropout(config.dropout), nn.Linear(hidden, n_classes))
@@ -222,6 +278,8 @@ class MNNetwork(nn.Module):
         return self.feature_map(x).mean(dim=2).transpose(1, 2)
 
     def classify(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.causal:  # a logit row per frame, so every chunk of a stream has its own
+            return self.head(emb).mean(dim=1)
         return self.head(emb.mean(dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,6 +288,67 @@ class MNNetwork(nn.Module):
 
 class MNStudent(Student):
     """The fixed EfficientAT-mel front end + ``MNNetwork``: 16 kHz waveform -> logits."""
+
+
+# ----------------------------------------------------------------------------- streaming
+
+STREAM_CHUNK_FRAMES = TIME_STRIDE   # one embedding frame per call
+
+
+def _stream(module: nn.Module, x: torch.Tensor, states, next_states: list) -> torch.Tensor:
+    """``module``'s forward with each causal conv's time context taken from ``states`` (in
+    module order) instead of zeros; the frames each conv leaves for the next chunk are
+    appended to ``next_states``."""
+    if isinstance(module, CausalConv2d):
+        padded = torch.cat([states[len(next_states)], x], dim=3)
+        next_states.append(padded[:, :, :, padded.shape[3] - module.context:])
+        return module.on_padded(padded)
+    if isinstance(module, InvertedResidual):
+        out = _stream(module.block, x, states, next_states)
+        return out + x if module.use_residual else out
+    if isinstance(module, nn.Sequential):
+        for layer in module:
+            x = _stream(layer, x, states, next_states)
+        return x
+    return module(x)
+
+
+class MNStreamStep(nn.Module):
+    """One streaming call of a causal ``MNNetwork``: ``(features [1, chunk_frames, bins],
+    *states) -> (logits [1, classes], *next_states)``; states start as zeros."""
+
+    def __init__(self, network: MNNetwork, chunk_frames: int = STREAM_CHUNK_FRAMES):
+        super().__init__()
+        if not network.causal:
+            raise ValueError(f"{network.config.name} is not causal: only causal students "
+                             f"stream (e.g. mn02-stream)")
+        if chunk_frames % network.time_stride:
+            raise ValueError(f"chunk_frames must be a multiple of {network.time_stride}")
+        self.network, self.chunk_frames = network, int(chunk_frames)
+
+    def forward(self, features: torch.Tensor, *states: torch.Tensor):
+        net = self.network
+        x = net.input_scale(features.transpose(1, 2).unsqueeze(1))
+        next_states: list = []
+        fmap = _stream(net.features, x, states, next_states)
+        return (net.classify(fmap.mean(dim=2).transpose(1, 2)), *next_states)
+
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        """The states' shapes (batch 1), in call order."""
+        shapes = []
+        hooks = [m.register_forward_pre_hook(
+            lambda m, args: shapes.append((1, *args[0].shape[1:3], m.context)))
+            for m in self.network.features.modules() if isinstance(m, CausalConv2d)]
+        try:
+            with torch.no_grad():
+                self.network.feature_map(torch.zeros(1, self.chunk_frames, self.network.n_freq))
+        finally:
+            for h in hooks:
+                h.remove()
+        return shapes
+
+    def zero_states(self) -> list[torch.Tensor]:
+        return [torch.zeros(shape) for shape in self.state_shapes()]
 
 
 # ----------------------------------------------------------------------------- front end
@@ -492,4 +611,5 @@ def frontend_agreement(waves: list[np.ndarray]) -> dict:
 __all__ = ["MN_STUDENTS", "MNConfig", "MNNetwork", "MNStudent", "build_mn_student",
            "inherit_from_mn04", "initialize", "mn_frontend_spec", "mn_frontend_settings",
            "is_mn_student", "load_mn04", "audioset_student", "frontend_agreement",
-           "top_indices", "block_plans", "recalibrate_batchnorm"]
+           "top_indices", "block_plans", "recalibrate_batchnorm", "MNStreamStep",
+           "STREAM_CHUNK_FRAMES", "CausalConv2d", "FrameSE"]

@@ -15,7 +15,8 @@ from edgeaudio.train.mn_student import (MN_STUDENTS, MNConfig, MNNetwork, MNStud
                                         audioset_student, block_plans,
                                         build_mn_student, efficientat_matrix_16k,
                                         frontend_agreement, inherit_from_mn04, mn_frontend_spec,
-                                        recalibrate_batchnorm, top_indices)
+                                        recalibrate_batchnorm, top_indices, CausalConv2d,
+                                        MNStreamStep)
 from edgeaudio.train.frontend import TorchFrontend  # noqa: E402
 from edgeaudio.train.students import build_student, count_params, list_students  # noqa: E402
 from edgeaudio.train.teachers.efficientat import MobileNetV3Audio  # noqa: E402
@@ -177,6 +178,44 @@ def test_batchnorm_recalibration_changes_statistics_not_weights(teacher):
 def test_inherits_from_the_real_mn04():
     student = audioset_student("mn02")
     assert student.network(torch.zeros(1, 100, 128)).shape == (1, 527)
+
+
+# --- the causal student (streams chunk by chunk) ------------------------------------------
+
+def test_causal_student_inherits_the_same_channels_and_weights(teacher):
+    plain, causal = build_mn_student("mn02", 50), build_mn_student("mn02-stream", 50)
+    assert count_params(plain.network) == count_params(causal.network)
+    report_plain = inherit_from_mn04(plain, teacher)
+    report_causal = inherit_from_mn04(causal, teacher)
+    assert report_causal == report_plain
+    backbone = {k: v for k, v in causal.network.state_dict().items() if "head.3" not in k}
+    assert all(torch.equal(v, plain.network.state_dict()[k]) for k, v in backbone.items())
+    dw = causal.network.features[4].block[1][0]
+    assert isinstance(dw, CausalConv2d) and dw.padding == (2, 0) and dw.context == 4
+
+
+def test_nothing_looks_ahead_and_chunks_stream_exactly(teacher):
+    student = build_mn_student("mn02-stream", 6)
+    inherit_from_mn04(student, teacher)
+    net = student.network.eval()
+    x = torch.randn(1, 5 * 32, 128)
+    later_changed = x.clone()
+    later_changed[:, 70:] = torch.randn(1, 90, 128)
+    with torch.no_grad():
+        frames = net.head(net.embed(x))[0]                       # one logit row per 32 frames
+        # frames 0..63 make embedding frames 0 and 1: untouched by anything from frame 70 on
+        assert torch.equal(net.head(net.embed(later_changed))[0][:2], frames[:2])
+        assert not torch.equal(net.head(net.embed(later_changed))[0][2:], frames[2:])
+        step = MNStreamStep(net)
+        states, rows = step.zero_states(), []
+        assert [s.shape for s in states] == step.state_shapes() and len(states) == 16
+        for c in range(5):
+            logits, *states = step(x[:, 32 * c:32 * (c + 1)], *states)
+            rows.append(logits[0])
+        assert torch.allclose(torch.stack(rows), frames, atol=1e-5)
+        assert torch.allclose(net(x)[0], frames.mean(dim=0), atol=1e-5)
+    with pytest.raises(ValueError, match="not causal"):
+        MNStreamStep(build_mn_student("mn02", 6).network)
 
 
 # --- front end -------------------------------------------------------------------------------
