@@ -12,7 +12,7 @@ from .backends import open_backend
 from .errors import ModelFileError
 from .frontend import Frontend
 from .modelfile import read_model_bytes
-from .windows import checked_hop_seconds, hop_samples, iter_windows, window_starts
+from .windows import checked_hop_seconds, hop_samples, iter_chunks, iter_windows, window_starts
 
 DEFAULT_MODEL_NAME = "esc50-student.int8.tflite"  # recipes/esc50_default_model.sh; MODEL_CARD.md
 
@@ -76,6 +76,8 @@ class Model:
         self.backend = open_backend(self.path, data, self.format, backend, threads)
         self.info = self.backend.info
         self.frontend = Frontend(self.info.frontend)
+        if self.info.streaming is not None:
+            return  # the backend checked the streaming graph against the metadata
         expected = (1, self.info.n_frames, self.info.frontend.n_bins)
         if tuple(self.backend.input_shape) != expected:
             raise ModelFileError(f"{self.path}: model input {self.backend.input_shape} does not "
@@ -129,9 +131,12 @@ class Model:
             rate = check_sample_rate(sample_rate, "waveform")
             wave = check_waveform(to_mono(audio), "waveform")
             blocks = [resample(wave, rate, self.sample_rate)]
-        hop = self.classify_hop(hop_seconds)
-        window_scores = np.stack([self.scores_for_window(w) for w in
-                                  iter_windows(blocks, self.info.window_samples, hop)])
+        if self.info.streaming is not None:
+            window_scores = self._streaming_window_scores(blocks, hop_seconds)
+        else:
+            hop = self.classify_hop(hop_seconds)
+            window_scores = np.stack([self.scores_for_window(w) for w in
+                                      iter_windows(blocks, self.info.window_samples, hop)])
         pooled = (window_scores.max(axis=0) if self.info.clip_pooling == "max"
                   else window_scores.mean(axis=0))
         return ClipResult(self.labels, pooled, window_scores)
@@ -143,6 +148,30 @@ class Model:
                                       else hop_seconds, self.sample_rate,
                                       self.info.frontend.hop_length)
         return hop_samples(seconds, self.sample_rate)
+
+    def chunk_logits(self, blocks) -> np.ndarray:
+        """A streaming graph over a waveform arriving as ``blocks``: its raw logits
+        ``[chunks, classes]``, one call per chunk, the states carried from zeros."""
+        fe, states, rows = self.info.frontend, self.backend.initial_states(), []
+        for span in iter_chunks(blocks, self.info.window_samples, self.info.chunk_samples,
+                                fe.win_length):
+            logits, states = self.backend.run_chunk(self.frontend(span), states)
+            rows.append(logits)
+        return np.stack(rows)
+
+    def _streaming_window_scores(self, blocks, hop_seconds) -> np.ndarray:
+        """Window scores of a streaming graph: activation(mean of ``window_chunks`` logit
+        rows), every ``hop_seconds`` rounded to whole chunks (default: one)."""
+        rows = self.chunk_logits(blocks)
+        hop_chunks = 1
+        if hop_seconds is not None:
+            seconds = checked_hop_seconds(hop_seconds, self.sample_rate,
+                                          self.info.frontend.hop_length)
+            hop_chunks = max(1, round(seconds / self.info.chunk_seconds))
+        window = min(self.info.streaming["window_chunks"], len(rows))
+        starts = window_starts(len(rows), window, hop_chunks)
+        means = np.lib.stride_tricks.sliding_window_view(rows, window, axis=0)[starts]
+        return activate(means.mean(axis=-1), self.info.output_activation)
 
     def stream(self, **settings):
         """A streaming engine over this model; see ``edgeaudio.stream.Stream``."""

@@ -42,6 +42,9 @@ class ModelInfo:
     stream: dict = field(default_factory=lambda: dict(DEFAULT_STREAM_SETTINGS))
     provenance: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    # a streaming-aware graph (chunk_frames, window_chunks, features, logits, states; see
+    # edgeaudio.schema.STREAMING): one chunk and its carried states per call. None: one window.
+    streaming: dict | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -57,7 +60,19 @@ class ModelInfo:
 
     @property
     def hop_seconds(self) -> float:
+        """The default hop; a streaming graph's is one chunk, whatever ``stream`` says."""
+        if self.streaming is not None:
+            return self.chunk_seconds
         return float(self.stream.get("hop_seconds", DEFAULT_STREAM_SETTINGS["hop_seconds"]))
+
+    @property
+    def chunk_samples(self) -> int:
+        """Samples between two calls of a streaming graph (its chunk of front-end frames)."""
+        return self.streaming["chunk_frames"] * self.frontend.hop_length
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.chunk_samples / self.sample_rate
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
@@ -65,7 +80,8 @@ class ModelInfo:
                 "window_seconds": round(self.window_seconds, 6), "n_frames": self.n_frames,
                 "frontend": self.frontend.to_dict(), "output_activation": self.output_activation,
                 "clip_pooling": self.clip_pooling, "stream": self.stream,
-                "provenance": self.provenance, **({"extra": self.extra} if self.extra else {})}
+                "provenance": self.provenance, **({"extra": self.extra} if self.extra else {}),
+                **({"streaming": self.streaming} if self.streaming is not None else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -84,7 +100,8 @@ class ModelInfo:
                    name=d.get("name", "unnamed"), version=d.get("version", "0"),
                    output_activation=d.get("output_activation", "softmax"),
                    clip_pooling=d.get("clip_pooling", "mean"), stream=stream,
-                   provenance=d.get("provenance", {}), extra=d.get("extra", {}))
+                   provenance=d.get("provenance", {}), extra=d.get("extra", {}),
+                   streaming=d.get("streaming"))
 
 
 def parse_metadata(raw, source: str = "model") -> dict:

@@ -39,6 +39,10 @@ MAX_HOP_SECONDS = 600.0
 MAX_SMOOTH = MAX_PATIENCE = 10_000
 MIN_GATE_DB = -400.0              # below float64's smallest power: the gate is simply off
 MAX_LOG_OFFSET = 1e3
+MAX_WINDOW_CHUNKS = 10_000        # logit rows a streaming window averages
+MAX_STATES = 256                  # state tensors a streaming graph carries
+MAX_STATE_DIMS = 8
+MAX_STATE_VALUES = 2**24          # all of them together: 64 MiB of float32
 
 
 class SchemaError(ValueError):
@@ -140,12 +144,15 @@ class LabelList(Labels):
 class IntList:
     item: Int
     max_items: int
+    min_items: int = 0
 
     def check(self, value, field):
         if not isinstance(value, list):
             raise SchemaError(field, f"must be a list of integers, got {_shown(value)}")
         if len(value) > self.max_items:
             raise SchemaError(field, f"has {len(value)} items, more than {self.max_items}")
+        if len(value) < self.min_items:
+            raise SchemaError(field, f"has {len(value)} items, fewer than {self.min_items}")
         for i, item in enumerate(value):
             self.item.check(item, f"{field}[{i}]")
 
@@ -187,6 +194,21 @@ class Table:
                     raise SchemaError(name, "is missing")
                 continue
             kind.check(value[key], name)
+
+
+@dataclass(frozen=True)
+class TableList:
+    """A JSON list of objects, each described by ``item``."""
+    item: Table
+    max_items: int
+
+    def check(self, value, field):
+        if not isinstance(value, list):
+            raise SchemaError(field, f"must be a list of objects, got {_shown(value)}")
+        if len(value) > self.max_items:
+            raise SchemaError(field, f"has {len(value)} items, more than {self.max_items}")
+        for i, item in enumerate(value):
+            self.item.check(item, f"{field}[{i}]")
 
 
 @dataclass(frozen=True)
@@ -247,6 +269,21 @@ STREAM = Table({
     # any other, never an event
     "background": (LabelList(), False),
 })
+# A streaming-aware graph: one chunk of features and its carried states in, the chunk's logits
+# and the next states out (see edgeaudio.backends.StatefulRunner). Names are the graph's own
+# tensor (ONNX) or signature (TFLite) names.
+STATE = Table({
+    "input": (Text(), True),
+    "output": (Text(), True),
+    "shape": (IntList(Int(1, MAX_STATE_VALUES), max_items=MAX_STATE_DIMS, min_items=1), True),
+})
+STREAMING = Table({
+    "chunk_frames": (Int(1, MAX_N_FRAMES), True),
+    "window_chunks": (Int(1, MAX_WINDOW_CHUNKS), True),
+    "features": (Text(), True),
+    "logits": (Text(), True),
+    "states": (TableList(STATE, MAX_STATES), True),
+})
 FIELDS = Table({
     "format_version": (Int(1, 2**31), False),
     "name": (Text(), False),
@@ -259,6 +296,7 @@ FIELDS = Table({
     "output_activation": (Text(OUTPUT_ACTIVATIONS), False),
     "clip_pooling": (Text(CLIP_POOLINGS), False),
     "stream": (STREAM, False),
+    "streaming": (Nullable(STREAMING), False),
     "provenance": (AnyObject(), False),
     "extra": (AnyObject(), False),
 })
@@ -375,9 +413,30 @@ def _stream_rules(doc):
                                                   f"scores, got {_shown(threshold)}")
 
 
+def _streaming_rules(doc):
+    streaming = doc.get("streaming")
+    if streaming is None:
+        return
+    if streaming["chunk_frames"] != doc["n_frames"]:
+        raise SchemaError("streaming.chunk_frames", f"{streaming['chunk_frames']} differs from "
+                                                    f"n_frames {doc['n_frames']}")
+    states = streaming["states"]
+    for end, graph_name in (("input", "features"), ("output", "logits")):
+        names = [streaming[graph_name]] + [state[end] for state in states]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise SchemaError("streaming.states", f"{end} names {_shown(repeated)} more than "
+                                                   "once")
+    values = sum(math.prod(state["shape"]) for state in states)
+    if values > MAX_STATE_VALUES:
+        raise SchemaError("streaming.states", f"hold {values} values, more than "
+                                              f"{MAX_STATE_VALUES}")
+
+
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
-CROSS_FIELD_RULES = (_frontend_rules, _filterbank_rules, _window_rules, _stream_rules)
+CROSS_FIELD_RULES = (_frontend_rules, _filterbank_rules, _window_rules, _stream_rules,
+                     _streaming_rules)
 
 
 def nesting_depth(doc) -> int:

@@ -16,6 +16,13 @@ pushed.
 Event timing: a hop at stream time ``t`` scored the window ``[t - window, t]``. An event's
 ``t_start`` is the start of the window of the first hop of its above-threshold run (the sound
 began no earlier), its ``t_end`` the end of the last window that still scored above release.
+
+A streaming-aware model (metadata ``streaming``) hops one chunk of front-end frames: each hop
+computes the chunk's frames (on the grid ``classify`` uses, from the stream's first sample, so
+the first hop waits for the first chunk's samples), runs the graph once carrying its states,
+and scores the mean of the last ``window_chunks`` logit rows, the window ``classify`` scores
+there. The gate measures the audio of those chunks; a gated hop still runs the graph, so its
+states never go stale.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import numpy as np
 import soxr
 
 from .audio import check_finite, check_sample_rate, to_mono
+from .model import activate
 from .modelfile import DEFAULT_STREAM_SETTINGS
 from .windows import checked_hop_seconds
 
@@ -66,10 +74,14 @@ class Stream:
         d = model.info.stream
         self.model = model
         self.rate = model.sample_rate
+        self.streaming = model.info.streaming
         frame_hop = model.info.frontend.hop_length
-        wanted = checked_hop_seconds(hop_seconds if hop_seconds is not None else d["hop_seconds"],
-                                     self.rate, frame_hop)
-        self.frames_per_hop = max(1, int(round(wanted * self.rate / frame_hop)))
+        if self.streaming is None:
+            wanted = checked_hop_seconds(hop_seconds if hop_seconds is not None
+                                         else d["hop_seconds"], self.rate, frame_hop)
+            self.frames_per_hop = max(1, int(round(wanted * self.rate / frame_hop)))
+        else:
+            self.frames_per_hop = self._chunk_frames(hop_seconds)
         self.hop = self.frames_per_hop * frame_hop
         self.hop_seconds = self.hop / self.rate
         self.smooth = int(smooth if smooth is not None else d["smooth"])
@@ -81,18 +93,27 @@ class Stream:
         if self.smooth < 1 or self.patience < 1:
             raise ValueError("smooth and patience must be at least 1")
         self.thresholds = self._thresholds(threshold if threshold is not None else d["threshold"])
-        self.window = model.info.window_samples
-        self.window_seconds = self.window / self.rate
+        self.window = model.info.window_samples   # the ring: a streaming graph's one chunk
         self.ring = np.zeros(self.window, np.float32)   # the stream before t=0 is silence
         self.write_pos = 0
         self.features = model.frontend(self.ring)         # [n_frames, bins], kept up to date
-        self.pending = 0            # samples received since the last inference
         self.samples = 0            # samples received in all
+        if self.streaming is None:
+            self.window_seconds = self.window / self.rate
+            self.due = self.hop     # samples still to come before the next inference
+        else:
+            window_chunks = self.streaming["window_chunks"]
+            self.window_seconds = window_chunks * self.hop / self.rate
+            self.due = self.window  # the first chunk's frames start at the first sample
+            self.graph_states = model.backend.initial_states()
+            self.logit_rows = np.zeros((window_chunks, len(model.labels)), np.float32)
+            self.hop_powers = deque(maxlen=window_chunks)   # mean square of each hop's audio
         self.recent = deque(maxlen=self.smooth)
         self.scores = np.zeros(len(model.labels), np.float32)   # latest smoothed scores
         self.n_inferences = 0
         self.n_events = 0
         self.states = [_ClassState() for _ in model.labels]
+        self.active = set()         # classes with an open event or a run under way
         # a trained "none of these" class is scored (it takes the softmax's mass for sounds the
         # model does not know) but never opens an event
         self.background = {model.labels.index(label) for label in d.get("background") or []}
@@ -100,6 +121,18 @@ class Stream:
                       else check_sample_rate(input_rate, "stream input"))
         self.resampler = (soxr.ResampleStream(input_rate, self.rate, 1, dtype="float32")
                           if input_rate != self.rate else None)
+
+    def _chunk_frames(self, hop_seconds) -> int:
+        """A streaming graph's hop: its chunk; any other requested hop is refused."""
+        info = self.model.info
+        if hop_seconds is not None:
+            frame_hop = info.frontend.hop_length
+            seconds = checked_hop_seconds(hop_seconds, self.rate, frame_hop)
+            if abs(seconds * self.rate - info.chunk_samples) > frame_hop / 2:
+                raise ValueError(f"hop_seconds {hop_seconds!r}: this streaming-aware model "
+                                 f"hops one chunk of {info.chunk_seconds:g} s "
+                                 f"({self.streaming['chunk_frames']} frames)")
+        return self.streaming["chunk_frames"]
 
     def _thresholds(self, threshold) -> np.ndarray:
         labels = self.model.labels
@@ -131,14 +164,14 @@ class Stream:
         events = []
         pos = 0
         while pos < len(chunk):
-            take = min(self.hop - self.pending, len(chunk) - pos)
+            take = min(self.due, len(chunk) - pos)
             self._write(chunk[pos:pos + take])
-            self.pending += take
+            self.due -= take
             self.samples += take
             pos += take
-            if self.pending == self.hop:
-                self.pending = 0
-                events.extend(self._infer())
+            if self.due == 0:
+                self.due = self.hop
+                events.extend(self._infer() if self.streaming is None else self._infer_chunk())
         return events
 
     def _write(self, piece: np.ndarray) -> None:
@@ -173,14 +206,38 @@ class Stream:
             raw = np.zeros(len(self.model.labels), np.float32)
         else:
             raw = self.model.scores_for_features(self.features)
+        return self._scored(raw)
+
+    def _infer_chunk(self) -> list:
+        """A streaming graph's hop: the chunk's frames, one call, the window of rows."""
+        window = self.current_window()
+        self.features = self.model.frontend(window)
+        logits, self.graph_states = self.model.backend.run_chunk(self.features,
+                                                                 self.graph_states)
+        rows = self.logit_rows
+        rows[self.n_inferences % len(rows)] = logits
+        n_rows = min(self.n_inferences + 1, len(rows))
+        fresh = window[-self.hop:].astype(np.float64)
+        self.hop_powers.append(float(fresh @ fresh) / self.hop)
+        if sum(self.hop_powers) / len(self.hop_powers) < self.gate_power:
+            raw = np.zeros(len(self.model.labels), np.float32)
+        else:
+            raw = activate(rows[:n_rows].mean(axis=0), self.model.info.output_activation)
+        return self._scored(raw)
+
+    def _scored(self, raw: np.ndarray) -> list:
+        """A hop's raw scores in: smoothing, thresholds, patience, events out."""
         self.recent.append(raw)
         self.scores = np.mean(self.recent, axis=0)
         self.n_inferences += 1
         t = self.time
         events = []
-        for i, st in enumerate(self.states):
+        # only a class above its threshold or in a run / event can change: the rest stay put
+        above = np.flatnonzero(self.scores >= self.thresholds).tolist()
+        for i in sorted(self.active.union(above)) if self.active else above:
             if i in self.background:
                 continue
+            st = self.states[i]
             s = float(self.scores[i])
             thr = self.thresholds[i]
             if st.open:
@@ -192,8 +249,7 @@ class Stream:
                     st.run = 0
                     events.append(Event(self.model.labels[i], st.peak, st.t_start,
                                         st.last_above, t, "end"))
-                continue
-            if s >= thr:
+            elif s >= thr:
                 if st.run == 0:
                     st.run_start = max(0.0, t - self.window_seconds)
                     st.peak = 0.0
@@ -206,6 +262,10 @@ class Stream:
                                         "start"))
             else:
                 st.run = 0
+            if st.open or st.run:
+                self.active.add(i)
+            else:
+                self.active.discard(i)
         return events
 
     def flush(self) -> list:
@@ -215,6 +275,7 @@ class Stream:
             if st.open:
                 st.open = False
                 st.run = 0
+                self.active.discard(i)
                 events.append(Event(self.model.labels[i], st.peak, st.t_start, self.time,
                                     self.time, "end"))
         return events

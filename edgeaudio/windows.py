@@ -17,6 +17,12 @@ remainder ``r`` (``0 <= r < hop``), is handled so that no window is mostly zero 
   (start ``n_samples - window``), so it holds no padding at all.
 
 Only a clip shorter than the window is ever padded.
+
+A streaming-aware model (metadata ``streaming``) is called once per chunk of front-end frames
+instead; ``iter_chunks`` cuts the samples each chunk's frames come from, every ``chunk`` samples
+from 0, the waveform zero-padded at the end so that its frames make a whole number of chunks
+(at least one). Its window grid is over the chunks' logit rows: ``window_starts(rows,
+window_chunks, hop_chunks)``, the same cover rule.
 """
 from __future__ import annotations
 
@@ -69,6 +75,33 @@ def iter_windows(blocks: Iterable[np.ndarray], window: int, hop: int) -> Iterato
     remainder = total - (next_start - hop + window)
     if 2 * remainder >= hop:
         yield held[total - window - held_from:]
+
+
+def iter_chunks(blocks: Iterable[np.ndarray], span: int, chunk: int,
+                first_frame: int) -> Iterator[np.ndarray]:
+    """The ``span`` samples each chunk's frames are computed from (``span``: one chunk of
+    frames; ``chunk``: samples between chunks; ``first_frame``: one frame's samples), for a
+    mono waveform arriving as ``blocks``. A chunk is yielded while its first frame lies inside
+    the waveform, zero-padded past its end, and at least one chunk; that is the waveform
+    zero-padded so that its frames make a whole number of chunks. Holds at most one span plus
+    one block."""
+    if not 1 <= chunk <= span or not 1 <= first_frame <= span:
+        raise ValueError(f"chunk ({chunk}) and frame ({first_frame}) must be between one "
+                         f"sample and the span ({span})")
+    held = np.zeros(0, np.float32)   # the waveform from sample ``next_start`` on
+    total = 0
+    next_start = 0
+    for block in blocks:
+        held = np.concatenate((held, np.asarray(block, np.float32)))
+        total += len(block)
+        while next_start + span <= total:
+            yield held[:span]
+            held = held[chunk:]
+            next_start += chunk
+    while next_start == 0 or next_start + first_frame <= total:
+        yield np.concatenate((held[:span], np.zeros(span - len(held[:span]), np.float32)))
+        held = held[chunk:]
+        next_start += chunk
 
 
 def cut_windows(wave: np.ndarray, window: int, hop: int) -> np.ndarray:
