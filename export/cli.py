@@ -139,6 +139,21 @@ def window_frames(info: ModelInfo, seconds: float, min_frames: int) -> int:
     return n
 
 
+def streaming_step(network, info: ModelInfo, window_seconds: float):
+    """A causal network's streaming call (``MNStreamStep``), with ``info`` made its file's:
+    the input is one chunk, and a window of about ``window_seconds`` is that many chunks."""
+    from edgeaudio.train.mn_student import MNStreamStep
+
+    from .streaming import streaming_section
+
+    step = MNStreamStep(network).eval()
+    chunk_seconds = step.chunk_frames * info.frontend.hop_length / info.sample_rate
+    info.n_frames = step.chunk_frames
+    info.streaming = streaming_section(step.state_shapes(), step.chunk_frames,
+                                       max(1, int(round(window_seconds / chunk_seconds))))
+    return step
+
+
 def median_clip_seconds(clips: list, most: int = 400) -> float | None:
     """The median length of (at most ``most`` of) the training clips: how long the model's
     sounds last, for the streaming defaults."""
@@ -219,6 +234,7 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     from .model_files import write_model_files
     from .quantize import qat_finetune
     from .report import EvalSet, build_report, eval_set, write_report
+    from .streaming import streaming_calibration
 
     formats = list(dict.fromkeys(formats or FORMATS))
     for fmt in formats:
@@ -228,7 +244,17 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     student, ckpt = load_student(ckpt_path)
     network = student.network.eval()
     info = model_info(student, ckpt, name or Path(run).resolve().name, ckpt_path)
-    if window_seconds is not None:
+    step = None
+    if getattr(network, "causal", False):  # the files hold one streaming call, not a window
+        step = streaming_step(network, info, window_seconds or info.window_seconds)
+        echo(f"streaming graph: {step.chunk_frames}-frame chunks "
+             f"({info.chunk_seconds:.2f} s), {len(info.streaming['states'])} carried states, "
+             f"windows of {info.streaming['window_chunks']} chunks")
+        if report or qat_epochs:
+            echo("the export report and QAT do not handle streaming graphs yet: skipped "
+                 "(score the files with edgeaudio classify / bench)")
+        report, qat_epochs, tflm = False, 0, False
+    elif window_seconds is not None:
         info.n_frames = window_frames(info, window_seconds, network.min_frames)
         echo(f"window: {info.window_seconds:.3f} s for the {window_seconds:g} s asked, the "
              f"nearest on the {info.frontend.hop_length / info.sample_rate * 1000:g}-ms frame "
@@ -248,12 +274,13 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
                 "no calibration audio: the checkpoint's settings name no data folder; pass "
                 "--data (the training data) or --calibration-data FOLDER")
         t0 = time.time()
-        cal = calibration_windows(plan.calibration, info, calibration, seed)
-        echo(f"calibration: {len(cal)} windows from {plan.calibration_source} "
-             f"({time.time() - t0:.0f} s)")
+        cal = (calibration_windows(plan.calibration, info, calibration, seed) if step is None
+               else streaming_calibration(step, plan.calibration, info, calibration, seed))
+        echo(f"calibration: {len(cal)} {'windows' if step is None else 'calls'} from "
+             f"{plan.calibration_source} ({time.time() - t0:.0f} s)")
     t0 = time.time()
-    files = write_model_files(network, info, out, formats=formats, int8=int8, calibration=cal,
-                              stem=stem)
+    files = write_model_files(network if step is None else step, info, out, formats=formats,
+                              int8=int8, calibration=cal, stem=stem)
     echo(f"wrote {', '.join(files)} ({time.time() - t0:.0f} s)")
     tuning = tune_stream_threshold(files, info, plan.validation, seed)
     if tuning is not None:

@@ -34,10 +34,11 @@ from torch import nn
 
 from edgeaudio.modelfile import ModelInfo
 
-from .errors import ConversionError, write_file
+from .errors import ConversionError, ExportError, write_file
 from .tflm import tflite_io_details
-from .writers import (add_tflite_metadata, conversion_error, converters_silenced, example_input,
-                      first_line, set_onnx_metadata, write_onnx)
+from .streaming import converter_call, example_call, input_names
+from .writers import (add_tflite_metadata, conversion_error, converters_silenced, first_line,
+                      set_onnx_metadata, write_onnx)
 
 
 # --- BatchNorm folding -----------------------------------------------------------------------
@@ -110,7 +111,8 @@ def _edge_quantizer(qat: bool = False):
              aten.view.default, aten.reshape.default, aten.mean.dim, aten.squeeze.dim,
              aten.squeeze.dims, aten.unsqueeze.default, aten.flatten.using_ints,
              aten.dropout.default, aten.clone.default, aten.relu.default,
-             aten.max_pool2d.default, aten.contiguous.default}
+             aten.max_pool2d.default, aten.contiguous.default, aten.pad.default,
+             aten.constant_pad_nd.default}
     own_range = {aten.hardswish.default, aten.hardswish_.default, aten.add.Tensor}
 
     class EdgeQuantizer(PT2EQuantizer):
@@ -160,16 +162,29 @@ def _batches(x: np.ndarray, size: int):
         yield torch.from_numpy(np.ascontiguousarray(x[i:i + size]))
 
 
-def _export_for_quantization(network: nn.Module, info: ModelInfo, batch: int = 1):
-    example = example_input(info).expand(batch, -1, -1).contiguous()
+def _calls(calibration, info: ModelInfo):
+    """Each calibration item as the (args, kwargs) of one call of ``converter_call``'s module:
+    a window ``[n_frames, bins]``, or a streaming call's tuple of inputs."""
+    if info.streaming is None:
+        for x in _batches(calibration, 1):
+            yield (x,), {}
+        return
+    names = input_names(info)
+    for call in calibration:
+        yield (), {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in zip(names, call)}
+
+
+def _export_for_quantization(network: nn.Module, info: ModelInfo):
+    module, args, kwargs = converter_call(network, info)
     try:
-        return torch.export.export(network, (example,)).module()
+        return torch.export.export(module, args, kwargs).module()
     except Exception as exc:
-        raise conversion_error(network, example_input(info), exc, "torch.export") from exc
+        raise conversion_error(network, example_call(info), exc, "torch.export") from exc
 
 
-def pt2e_calibrated(network: nn.Module, info: ModelInfo, calibration: np.ndarray):
-    """(quantizer, PT2E-converted module): the folded network with int8 Q/DQ from calibration."""
+def pt2e_calibrated(network: nn.Module, info: ModelInfo, calibration):
+    """(quantizer, PT2E-converted module): the folded network with int8 Q/DQ from calibration
+    (windows, or a streaming graph's calls: ``streaming.calibration_calls``)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     folded = fold_batchnorm(network)
@@ -177,8 +192,8 @@ def pt2e_calibrated(network: nn.Module, info: ModelInfo, calibration: np.ndarray
     with converters_silenced():
         prepared = prepare_pt2e(_export_for_quantization(folded, info), quantizer)
         with torch.no_grad():
-            for x in _batches(calibration, 1):
-                prepared(x)
+            for args, kwargs in _calls(calibration, info):
+                prepared(*args, **kwargs)
         return quantizer, convert_pt2e(prepared, fold_quantize=False)
 
 
@@ -186,13 +201,14 @@ def _convert_tflite(module: nn.Module, quantizer, info: ModelInfo, original: nn.
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
 
+    _, args, kwargs = converter_call(original, info)  # module already has the call's form
     try:
         with converters_silenced():
-            edge = litert_torch.convert(module, (example_input(info),),
+            edge = litert_torch.convert(module, args, kwargs,
                                         quant_config=QuantConfig(pt2e_quantizer=quantizer))
             return bytes(edge.model_content())
     except Exception as exc:
-        raise conversion_error(original, example_input(info), exc, "TFLite") from exc
+        raise conversion_error(original, example_call(info), exc, "TFLite") from exc
 
 
 def quantization_extra(tflite_bytes: bytes) -> dict:
@@ -243,7 +259,8 @@ def quantize_onnx(network: nn.Module, info: ModelInfo, calibration: np.ndarray, 
 
     class Reader(CalibrationDataReader):
         def __init__(self, name):
-            self.items = iter([{name: x[None]} for x in calibration])
+            self.items = iter([{name: x[None]} for x in calibration] if info.streaming is None
+                              else [dict(zip(input_names(info), call)) for call in calibration])
 
         def get_next(self):
             return next(self.items, None)
@@ -291,14 +308,17 @@ def qat_finetune(network: nn.Module, info: ModelInfo, x: np.ndarray, y: np.ndarr
     ``y`` (PT2E QAT: fake-quant on weights and activations, straight-through gradients)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
+    if info.streaming is not None:
+        raise ExportError("quantization-aware fine-tuning is not built for streaming graphs; "
+                          "export them with post-training quantization (--qat-epochs 0)")
     torch.manual_seed(seed)
     folded = fold_batchnorm(network)
-    example = example_input(info).expand(batch_size, -1, -1).contiguous()
+    example = example_call(info)[0].expand(batch_size, -1, -1).contiguous()
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
         exported = torch.export.export(folded, (example,), dynamic_shapes=({0: batch},)).module()
     except Exception as exc:
-        raise conversion_error(network, example_input(info), exc, "torch.export") from exc
+        raise conversion_error(network, example_call(info), exc, "torch.export") from exc
     quantizer = _edge_quantizer(qat=True)
     with converters_silenced():
         model = prepare_qat_pt2e(exported, quantizer)

@@ -26,6 +26,7 @@ import torch
 from edgeaudio.modelfile import METADATA_KEY, ModelInfo
 
 from .errors import ConversionError, ExportError, write_file
+from .streaming import converter_call, example_call, input_names, output_names
 
 FORMATS = ("onnx", "tflite")
 
@@ -34,10 +35,6 @@ def file_name(stem: str, fmt: str, int8: bool) -> str:
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     return f"{stem}{'.int8' if int8 else ''}.{fmt}"
-
-
-def example_input(info: ModelInfo) -> torch.Tensor:
-    return torch.zeros(1, info.n_frames, info.frontend.n_bins)
 
 
 @contextlib.contextmanager
@@ -86,12 +83,12 @@ def _ops_in(message: str) -> list:
     return found
 
 
-def _layers_using(network: torch.nn.Module, example: torch.Tensor, ops: list) -> list:
+def _layers_using(network: torch.nn.Module, example: tuple, ops: list) -> list:
     """(layer path, layer type, op) for graph nodes running one of ``ops``; exact names first,
     then decomposed relatives (aten.i0 -> prims.bessel_i0)."""
     try:
         with converters_silenced():
-            ep = torch.export.export(network.eval(), (example,))
+            ep = torch.export.export(network.eval(), tuple(example))
             graphs = [ep.graph]
             with contextlib.suppress(Exception):
                 graphs.append(ep.run_decompositions().graph)
@@ -119,9 +116,10 @@ def _layers_using(network: torch.nn.Module, example: torch.Tensor, ops: list) ->
     return []
 
 
-def conversion_error(network: torch.nn.Module, example: torch.Tensor, exc: BaseException,
+def conversion_error(network: torch.nn.Module, example: tuple, exc: BaseException,
                      converter: str) -> ConversionError:
-    """A one-line ConversionError naming the op and the layer ``converter`` refused."""
+    """A one-line ConversionError naming the op and the layer ``converter`` refused
+    (``example``: the network's inputs, ``streaming.example_call``)."""
     message = str(exc)
     ops = _ops_in(message)
     hits = _layers_using(network, example, ops) if ops else []
@@ -147,15 +145,18 @@ def set_onnx_metadata(onnx_path: Path, info: ModelInfo) -> None:
 
 
 def write_onnx(network: torch.nn.Module, info: ModelInfo, path) -> Path:
-    """Export ``network`` (features [1, T, F] -> logits) to ONNX with metadata."""
+    """Export ``network`` (features [1, T, F] -> logits; a streaming call also takes and
+    returns its states) to ONNX with metadata."""
     path = Path(path)
     network = network.eval()
+    example = example_call(info)
     try:
         with converters_silenced(), torch.no_grad():
-            program = torch.onnx.export(network, (example_input(info),), dynamo=True,
-                                        input_names=["features"], output_names=["logits"])
+            program = torch.onnx.export(network, example, dynamo=True,
+                                        input_names=input_names(info),
+                                        output_names=output_names(info))
     except Exception as exc:
-        raise conversion_error(network, example_input(info), exc, "ONNX") from exc
+        raise conversion_error(network, example, exc, "ONNX") from exc
     tmp = path.with_name(path.name + ".raw")
     try:
         with converters_silenced():
@@ -210,11 +211,11 @@ def write_tflite(network: torch.nn.Module, info: ModelInfo, path) -> Path:
     import litert_torch
 
     path = Path(path)
+    module, args, kwargs = converter_call(network.eval(), info)
     try:
         with converters_silenced():
-            data = bytes(litert_torch.convert(network.eval(),
-                                              (example_input(info),)).model_content())
+            data = bytes(litert_torch.convert(module, args, kwargs).model_content())
     except Exception as exc:
-        raise conversion_error(network, example_input(info), exc, "TFLite") from exc
+        raise conversion_error(network, example_call(info), exc, "TFLite") from exc
     write_file(path, add_tflite_metadata(data, info))
     return path

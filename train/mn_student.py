@@ -175,19 +175,27 @@ class ChannelSE(ConcurrentSEBlock):
 
 
 class FrameSE(ChannelSE):
-    """Channel SE squeezed over frequency only, one excitation per time frame (causal)."""
+    """Channel SE squeezed over frequency only, one excitation per time frame (causal). Its
+    two linear layers run as 1x1 convs on the squeezed map: the same weights, and no
+    transposes in the exported graph."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         se = self.conc_se_layers[0]
-        scale = x.mean(dim=2).transpose(1, 2)                       # [B, T, C]
-        scale = torch.sigmoid(se.fc2(torch.relu(se.fc1(scale))))
-        return x * scale.transpose(1, 2).unsqueeze(2)
+        scale = x.mean(dim=2, keepdim=True)                         # [B, C, 1, T]
+        scale = torch.relu(F.conv2d(scale, se.fc1.weight[:, :, None, None], se.fc1.bias))
+        return x * torch.sigmoid(F.conv2d(scale, se.fc2.weight[:, :, None, None], se.fc2.bias))
 
 
 class CausalConv2d(nn.Conv2d):
     """A conv over (frequency, time) whose output frame t sees input frames up to t only:
     the (k - 1) frames before it as time context (zeros before the start of a recording, the
-    previous chunk's frames while streaming); frequency keeps its 'same' padding."""
+    previous chunk's frames while streaming); frequency keeps its 'same' padding, as an
+    explicit pad (a conv padded over one axis only becomes a pad op in TFLite, and an int8 pad
+    the converter inserts itself gets a scale of its own, which it then refuses)."""
+
+    def __init__(self, *args, freq_padding: int = 0, **kwargs):
+        super().__init__(*args, padding=0, **kwargs)
+        self.freq_padding = int(freq_padding)
 
     @property
     def context(self) -> int:
@@ -195,7 +203,7 @@ class CausalConv2d(nn.Conv2d):
 
     def on_padded(self, x: torch.Tensor) -> torch.Tensor:
         """The conv of an input that already holds its ``context`` frames in front."""
-        return super().forward(x)
+        return super().forward(F.pad(x, (0, 0, self.freq_padding, self.freq_padding)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.on_padded(F.pad(x, (self.context, 0)))
@@ -208,7 +216,7 @@ def make_causal(network: nn.Module) -> None:
         if isinstance(layer, ConvNormActivation) and layer[0].kernel_size[1] > 1:
             conv = layer[0]
             layer[0] = CausalConv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                                    conv.stride, padding=(conv.padding[0], 0),
+                                    conv.stride, freq_padding=conv.padding[0],
                                     groups=conv.groups, bias=False)
 
 

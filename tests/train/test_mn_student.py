@@ -191,7 +191,7 @@ def test_causal_student_inherits_the_same_channels_and_weights(teacher):
     backbone = {k: v for k, v in causal.network.state_dict().items() if "head.3" not in k}
     assert all(torch.equal(v, plain.network.state_dict()[k]) for k, v in backbone.items())
     dw = causal.network.features[4].block[1][0]
-    assert isinstance(dw, CausalConv2d) and dw.padding == (2, 0) and dw.context == 4
+    assert isinstance(dw, CausalConv2d) and dw.freq_padding == 2 and dw.context == 4
 
 
 def test_nothing_looks_ahead_and_chunks_stream_exactly(teacher):

@@ -1,0 +1,100 @@
+"""Export of the causal student (``mn02-stream``): a run of the online distillation loop on
+real ESC-50 clips (one short epoch), ``edgeaudio export``-ed to the four files, each one
+streaming call (a 32-frame chunk and the convolutions' carried states). The float files score
+a recording as the torch network's one causal pass does; the int8 ones stay close to it.
+
+One export is shared by the module (the conversions take tens of seconds)."""
+from __future__ import annotations
+
+import csv
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch", reason="export needs torch")
+pytest.importorskip("litert_torch", reason="export needs litert-torch")
+pytest.importorskip("onnxruntime", reason="export needs onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+
+from edgeaudio import Model  # noqa: E402
+from edgeaudio.audio import load_audio  # noqa: E402
+from edgeaudio.cli import main  # noqa: E402
+from edgeaudio.files import shared_dir  # noqa: E402
+from edgeaudio.train.checkpoint import load_student  # noqa: E402
+
+from ..conftest import esc50_csv  # noqa: E402
+
+torch.set_num_threads(1)
+
+LABELS = ["dog", "rooster", "rain"]  # ESC-10 classes (CC BY)
+FILES = ["model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite"]
+MN04_WEIGHTS = shared_dir() / "weights" / "efficientat" / "mn04_as_mAP_432.pt"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, esc50):
+    from edgeaudio.train.distill import DistillConfig, train_distill
+
+    root = tmp_path_factory.mktemp("stream_export")
+    data = esc50_csv(root, LABELS, train_per_class=6, test_per_class=2)
+    cfg = DistillConfig(data=str(data), fold=5, student="mn02-stream", teacher="",
+                        init="mn04" if MN04_WEIGHTS.exists() else "random", epochs=1,
+                        batch_size=4, steps_per_epoch=3, crop_seconds=1.0, seed=0)
+    run = root / "run"
+    train_distill(cfg, run, progress=False)
+    out = root / "models"
+    result = CliRunner().invoke(main, ["export", str(run), "--int8", "--calibration", "40",
+                                       "--window", "1.28", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "streaming graph: 32-frame chunks" in result.output
+    student, _ = load_student(run)
+    clips = [r["path"] for r in csv.DictReader(open(data)) if r["fold"] == "5"]
+    return {"out": out, "network": student.network.eval(), "clips": clips}
+
+
+def torch_chunk_logits(network, model: Model, wave: np.ndarray, chunks: int) -> np.ndarray:
+    """The torch network's logit rows over the first ``chunks`` chunks of one causal pass
+    over the whole recording (zeros after its end), from the runtime's own front end."""
+    padded = np.concatenate([wave, np.zeros(2 * model.info.chunk_samples, np.float32)])
+    frames = model.frontend(padded)[:chunks * model.info.n_frames]
+    with torch.no_grad():
+        return network.head(network.embed(torch.from_numpy(frames[None])))[0].numpy()
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_each_file_is_one_streaming_call_with_its_metadata(exported, name):
+    info = Model(exported["out"] / name).info
+    assert info.provenance["student"] == "mn02-stream" and info.n_frames == 32
+    streaming = info.streaming
+    assert (streaming["chunk_frames"], streaming["window_chunks"]) == (32, 4)
+    assert len(streaming["states"]) == 16
+    assert streaming["states"][0] == {"input": "state_0", "output": "next_state_0",
+                                      "shape": [1, 1, 128, 2]}
+    assert info.chunk_seconds == pytest.approx(0.32)
+
+
+def test_float_files_score_a_recording_as_one_causal_torch_pass(exported):
+    for name in ("model.onnx", "model.tflite"):
+        model = Model(exported["out"] / name)
+        wave = load_audio(exported["clips"][0], model.sample_rate)
+        rows = model.chunk_logits([wave])
+        assert len(rows) == -(-len(wave) // model.info.chunk_samples)
+        expected = torch_chunk_logits(exported["network"], model, wave, len(rows))
+        np.testing.assert_allclose(rows, expected, atol=2e-3)
+        result = model.classify(wave, model.sample_rate)
+        assert result.window_scores.shape == (len(rows) - 3, len(LABELS))
+
+
+def test_int8_files_stay_close_to_float(exported):
+    wave = load_audio(exported["clips"][1], 16000)
+    reference = Model(exported["out"] / "model.onnx").chunk_logits([wave])
+    spread = float(np.ptp(reference))
+    for name in ("model.int8.onnx", "model.int8.tflite"):
+        rows = Model(exported["out"] / name).chunk_logits([wave])
+        # quantization noise, carried through the states chunk after chunk, stays a small
+        # part of the logits' own spread
+        assert np.abs(rows - reference).max() < 0.15 * spread + 0.02, name
