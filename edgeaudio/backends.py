@@ -286,8 +286,7 @@ class _TFLiteBackend(Backend):
             raise self._streaming_error("streaming", f"the TFLite file has no signature "
                                         f"{SIGNATURE_KEY!r} (it has: "
                                         f"{', '.join(map(repr, signatures)) or 'none'})")
-        runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
-        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        inputs, outputs = _signature_edges(self.interpreter)
 
         def shapes(edges):
             return {name: tuple(int(d) for d in e["shape"]) for name, e in edges.items()}
@@ -300,13 +299,20 @@ class _TFLiteBackend(Backend):
                                             f"{np.dtype(edge['dtype']).name}; a TFLite edge "
                                             "must be float32 or int8")
             self._check_quantization(edge)
-        self.features_edge, *self.state_input_edges = edges[:len(self.streaming_inputs)]
-        self.logits_edge, *self.state_output_edges = edges[len(self.streaming_inputs):]
+        features, *self.state_input_edges = edges[:len(self.streaming_inputs)]
+        logits, *state_outputs = edges[len(self.streaming_inputs):]
+        # what a call needs, looked up once: tensor indices, the edges that are quantized
+        self.features_index, self.logits_index = features["index"], logits["index"]
+        self.quantized_features = features if is_quantized(features["dtype"]) else None
+        self.quantized_logits = logits if is_quantized(logits["dtype"]) else None
+        self.state_input_indices = [edge["index"] for edge in self.state_input_edges]
+        self.state_output_indices = [edge["index"] for edge in state_outputs]
         # how a state output becomes the next call's input: as it is, when both edges hold
         # the same type and quantization (the usual case), else through float
         self.state_carries = [
             None if (src["dtype"], src["quantization"]) == (dst["dtype"], dst["quantization"])
-            else (src, dst) for src, dst in zip(self.state_output_edges, self.state_input_edges)]
+            else (src, dst) for src, dst in zip(state_outputs, self.state_input_edges)]
+        self.states_carried_as_they_are = not any(self.state_carries)
         self._check_class_count()
 
     def initial_states(self):
@@ -315,23 +321,32 @@ class _TFLiteBackend(Backend):
 
     def _run_chunk(self, features, states):
         interpreter = self.interpreter
-        interpreter.set_tensor(self.features_edge["index"],
-                               _to_edge(np.asarray(features, np.float32)[None],
-                                        self.features_edge))
-        for edge, state in zip(self.state_input_edges, states):
-            interpreter.set_tensor(edge["index"], state)
+        x = np.asarray(features, np.float32)[None]
+        if self.quantized_features is not None:
+            x = _to_edge(x, self.quantized_features)
+        interpreter.set_tensor(self.features_index, x)
+        for index, state in zip(self.state_input_indices, states):
+            interpreter.set_tensor(index, state)
         interpreter.invoke()
-        logits = _from_edge(interpreter.get_tensor(self.logits_edge["index"]), self.logits_edge)
-        next_states = []
-        for edge, carry in zip(self.state_output_edges, self.state_carries):
-            state = interpreter.get_tensor(edge["index"])
-            if carry is not None:
-                state = _to_edge(_from_edge(state, carry[0]), carry[1])
-            next_states.append(state)
+        logits = interpreter.get_tensor(self.logits_index)
+        if self.quantized_logits is not None:
+            logits = _from_edge(logits, self.quantized_logits)
+        next_states = [interpreter.get_tensor(index) for index in self.state_output_indices]
+        if not self.states_carried_as_they_are:
+            next_states = [state if carry is None else _to_edge(_from_edge(state, carry[0]),
+                                                                 carry[1])
+                           for state, carry in zip(next_states, self.state_carries)]
         return logits.reshape(-1), next_states
 
 
 SIGNATURE_KEY = "serving_default"   # the one signature a streaming TFLite file is called by
+
+
+def _signature_edges(interpreter) -> tuple:
+    """({name: input details}, {name: output details}) of the signature. The runner is let go
+    here: while one is alive the interpreter refuses to invoke (it holds the native side)."""
+    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
+    return runner.get_input_details(), runner.get_output_details()
 
 
 def _to_edge(x: np.ndarray, edge: dict) -> np.ndarray:
