@@ -74,6 +74,14 @@ class ModelInfo:
     def chunk_seconds(self) -> float:
         return self.chunk_samples / self.sample_rate
 
+    @property
+    def scored_window_seconds(self) -> float:
+        """The audio one window score covers: the model window, or a streaming graph's
+        ``window_chunks`` chunks (its ``window_seconds`` is one chunk's frames)."""
+        if self.streaming is not None:
+            return self.streaming["window_chunks"] * self.chunk_seconds
+        return self.window_seconds
+
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
                 "labels": list(self.labels), "sample_rate": self.sample_rate,

@@ -98,12 +98,11 @@ class Stream:
         self.write_pos = 0
         self.features = model.frontend(self.ring)         # [n_frames, bins], kept up to date
         self.samples = 0            # samples received in all
+        self.window_seconds = model.info.scored_window_seconds
         if self.streaming is None:
-            self.window_seconds = self.window / self.rate
             self.due = self.hop     # samples still to come before the next inference
         else:
             window_chunks = self.streaming["window_chunks"]
-            self.window_seconds = window_chunks * self.hop / self.rate
             self.due = self.window  # the first chunk's frames start at the first sample
             self.graph_states = model.backend.initial_states()
             self.logit_rows = np.zeros((window_chunks, len(model.labels)), np.float32)

@@ -24,6 +24,7 @@ from tests.runtime.cli_helpers import edgeaudio, error_lines, json_lines
 
 torch = pytest.importorskip("torch")
 writers = pytest.importorskip("export.writers")
+from export.streaming import NamedCall, calibration_calls  # noqa: E402
 
 CHUNK_FRAMES, WINDOW_CHUNKS = 8, 4
 LABELS = ["dog", "rooster", "crying_baby"]
@@ -35,7 +36,10 @@ TFLITE_RUNTIME_PYTHON = REPO / ".venv-tflite-runtime" / "bin" / "python"
 class CausalNet(torch.nn.Module):
     """A causal conv over time on the features (state: the last input frames), mean over
     frequency, a causal conv over the channels (state: the last hidden frames), mean over the
-    chunk, a linear layer. Keyword inputs and a dict of outputs name the graph's edges."""
+    chunk, a linear layer: ``(features, *states) -> (logits, *next_states)``, the form the
+    export room's streaming writers take (``export.streaming``)."""
+
+    chunk_frames = CHUNK_FRAMES
 
     def __init__(self, bins: int):
         super().__init__()
@@ -51,8 +55,10 @@ class CausalNet(torch.nn.Module):
         x = torch.cat((state_0, features), dim=1)
         h = torch.cat((state_1, self.hidden(x)), dim=2)
         y = torch.relu(self.conv_mid(h)).mean(dim=2)
-        return {"logits": self.head(y), "next_state_0": x[:, -(TIME_KERNEL - 1):],
-                "next_state_1": h[:, :, -(MID_KERNEL - 1):]}
+        return self.head(y), x[:, -(TIME_KERNEL - 1):], h[:, :, -(MID_KERNEL - 1):]
+
+    def zero_states(self):
+        return [torch.zeros(shape) for shape in self.state_shapes]
 
     def whole_recording(self, features):
         """Logit rows ``[chunks, classes]`` of all the frames at once, the left context zeros
@@ -110,7 +116,7 @@ def fixture(tmp_path_factory):
                                     input_names=names[0], output_names=names[1])
         program.save(str(root / "graph.onnx"))
         (root / "graph.tflite").write_bytes(
-            bytes(litert_torch.convert(net, (), example).model_content()))
+            bytes(litert_torch.convert(NamedCall(net, 2).eval(), (), example).model_content()))
     # the TFLite signature names come from the keyword inputs and the dict's keys: read back
     signature = Interpreter(model_path=str(root / "graph.tflite")).get_signature_list()
     tflite_names = (signature["serving_default"]["inputs"],
@@ -121,6 +127,19 @@ def fixture(tmp_path_factory):
         infos[suffix] = streaming_info(frontend, graph_names, net)
         files[suffix] = with_metadata(graphs[suffix], infos[suffix], root / ("model" + suffix))
     return net, files, graphs, infos
+
+
+@pytest.fixture(scope="module")
+def int8_file(fixture, tmp_path_factory):
+    """The network through the export room's int8 TFLite writer: int8 features, logits and
+    states, calibrated on calls with the states a real recording leaves."""
+    from export.quantize import quantize_tflite
+
+    net, files, _, infos = fixture
+    model = Model(files[".tflite"])
+    calls = calibration_calls(net, [model.frontend(scene(19.5))], 64)
+    path = tmp_path_factory.mktemp("stateful_int8") / "model.int8.tflite"
+    return quantize_tflite(net, infos[".tflite"], calls, path)
 
 
 BACKENDS = [(".onnx", "onnxruntime"), (".tflite", "litert")]
@@ -229,6 +248,8 @@ def test_stream_in_odd_pieces_scores_as_classify(fixture, model):
     rows = model.chunk_logits([wave])
     # every whole chunk is one hop; the padded last chunk of classify is not streamed
     assert len(raw) == stream.n_inferences == (len(wave) - stream.window) // stream.hop + 1
+    assert stream.logit_rows.shape == (WINDOW_CHUNKS, 3)        # bounded, however long
+    assert len(stream.hop_powers) == WINDOW_CHUNKS and len(stream.ring) == stream.window
     windows = model.classify(wave, 16000).window_scores
     np.testing.assert_allclose(raw[WINDOW_CHUNKS - 1:], windows[:len(raw) - WINDOW_CHUNKS + 1],
                                atol=1e-5)
@@ -264,7 +285,7 @@ def test_stream_hop_is_one_chunk(model):
     chunk = model.info.chunk_samples
     stream = model.stream()
     assert stream.hop == chunk and stream.hop_seconds == pytest.approx(0.16)
-    assert stream.window_seconds == pytest.approx(WINDOW_CHUNKS * 0.16)
+    assert stream.window_seconds == model.info.scored_window_seconds == pytest.approx(0.64)
     frame = model.info.frontend.hop_length / model.sample_rate
     assert model.stream(hop_seconds=0.16 + 0.4 * frame).hop == chunk
     for hop in (0.25, 0.32, 0.16 + 0.6 * frame):
@@ -291,39 +312,67 @@ def test_listen_runs_a_streaming_file(fixture, tmp_path):
                                      "one chunk of 0.16 s (8 frames)"]
 
 
+def test_int8_edges_and_states(fixture, int8_file):
+    model = Model(int8_file, backend="litert")
+    backend = model.backend
+    assert backend.quantized_logits["dtype"] == np.int8
+    # the converter leaves the first state float and makes the second int8 with an output
+    # scale of its own: one state carried as it is, one through float
+    assert [edge["dtype"] for edge in backend.state_input_edges] == [np.float32, np.int8]
+    assert backend.state_carries[0] is None and backend.state_carries[1] is not None
+    wave = scene(5.0)
+    # int8 against the float network: close; the engine against classify: the same arithmetic
+    rows = reference_rows(fixture[0], model, wave)
+    result = model.classify(wave, 16000)
+    np.testing.assert_allclose(result.window_scores, activate(window_means(rows), "softmax"),
+                               atol=0.05)
+    raw = streamed(model.stream(gate_db=-400.0), wave)
+    np.testing.assert_allclose(raw[WINDOW_CHUNKS - 1:],
+                               result.window_scores[:len(raw) - WINDOW_CHUNKS + 1], atol=1e-6)
+
+
 @pytest.mark.skipif(not TFLITE_RUNTIME_PYTHON.exists(), reason="no .venv-tflite-runtime")
-def test_tflite_runtime_backend_scores_as_litert(fixture, tmp_path):
-    """tflite-runtime needs numpy < 2, so it runs in its own venv (torch-free: the file is
+def test_tflite_runtime_backend_scores_as_litert(fixture, int8_file, tmp_path):
+    """tflite-runtime needs numpy < 2, so it runs in its own venv (torch-free: the files are
     built here)."""
-    wave = scene(6.0)
+    wave = scene(5.0)                  # sound throughout: no window is gated
     np.save(tmp_path / "wave.npy", wave)
+    files = [str(fixture[1][".tflite"]), str(int8_file)]
     script = f"""
 import json, numpy as np
 from edgeaudio import Model
 from edgeaudio.backends import backend_available
 if not backend_available("tflite-runtime"):
     raise SystemExit(77)
-m = Model({str(fixture[1][".tflite"])!r}, backend="tflite-runtime")
 wave = np.load({str(tmp_path / "wave.npy")!r})
-s = m.stream(gate_db=-400.0)
-raw = []
-for i in range(0, len(wave), 1234):
-    n = s.n_inferences
-    s.push(wave[i:i + 1234])
-    raw += [r.tolist() for r in list(s.recent)[len(s.recent) - (s.n_inferences - n):]]
-print(json.dumps({{"classify": m.classify(wave, 16000).window_scores.tolist(), "raw": raw}}))
+out = []
+for path in {files!r}:
+    m = Model(path, backend="tflite-runtime")
+    s = m.stream(gate_db=-400.0)
+    raw = []
+    for i in range(0, len(wave), 1234):
+        n = s.n_inferences
+        s.push(wave[i:i + 1234])
+        raw += [r.tolist() for r in list(s.recent)[len(s.recent) - (s.n_inferences - n):]]
+    out.append({{"classify": m.classify(wave, 16000).window_scores.tolist(), "raw": raw}})
+print(json.dumps(out))
 """
     r = subprocess.run([str(TFLITE_RUNTIME_PYTHON), "-c", script], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     if r.returncode == 77:
         pytest.skip("tflite-runtime is not installed in .venv-tflite-runtime")
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    litert = Model(fixture[1][".tflite"], backend="litert")
-    np.testing.assert_allclose(out["classify"], litert.classify(wave, 16000).window_scores,
-                               atol=1e-6)
-    np.testing.assert_allclose(out["raw"], streamed(litert.stream(gate_db=-400.0), wave,
-                                                    (1234,)), atol=1e-6)
+    # float: the same scores; int8: the two runtimes' kernels may round a step apart
+    for path, out, atol in zip(files, json.loads(r.stdout), (1e-6, 1e-2)):
+        litert = Model(path, backend="litert")
+        np.testing.assert_allclose(out["classify"], litert.classify(wave, 16000).window_scores,
+                                   atol=atol)
+        np.testing.assert_allclose(out["raw"], streamed(litert.stream(gate_db=-400.0), wave,
+                                                        (1234,)), atol=atol)
+        # within each runtime, the engine scores as classify does
+        np.testing.assert_allclose(np.array(out["raw"])[WINDOW_CHUNKS - 1:],
+                                   np.array(out["classify"])[:len(out["raw"]) - WINDOW_CHUNKS + 1],
+                                   atol=1e-6)
 
 
 # --- metadata and load-time checks -------------------------------------------------------------
