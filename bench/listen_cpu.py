@@ -12,7 +12,8 @@ The two processes, each on 1 thread, LiteRT:
 
 * student: ``edgeaudio listen --input REC --fast --backend litert --threads 1 --json`` (front
   end included: the runtime's numpy front end computes each hop's new frames, then the
-  network scores the whole window);
+  network scores the whole window, or, for a streaming file, runs once on the hop's chunk
+  with its carried states; its hop is then one chunk, 0.32 s, and YAMNet gets the same);
 * YAMNet: this file's ``yamnet`` command, the streaming classifier a user would write:
   ``yamnet_waveform.tflite`` from ``../shared`` with its input resized to one 0.975-s window
   (15,600 samples), the recording pushed in 50-ms chunks, YAMNet run on the last window every
@@ -133,7 +134,11 @@ def student_split(model_path: Path, audio: Path) -> dict:
     per_second = 1.0 / model.info.hop_seconds
 
     frontend_ms = 1e3 * timed(lambda: model.frontend(fresh), 200)
-    network_ms = 1e3 * timed(lambda: model.backend.run(feats), 200)
+    if model.info.streaming is None:
+        network_ms = 1e3 * timed(lambda: model.backend.run(feats), 200)
+    else:  # one call on the hop's chunk, carrying the states
+        states = model.backend.initial_states()
+        network_ms = 1e3 * timed(lambda: model.backend.run_chunk(feats, states), 200)
     return {"hop_seconds": model.info.hop_seconds, "window_seconds": model.info.window_seconds,
             "new_frames_per_hop": n_new, "inferences": stream.n_inferences,
             "frontend_ms_per_audio_s": frontend_ms * per_second,
