@@ -122,7 +122,9 @@ class Model:
         A file is decoded, resampled and scored a block at a time, so its length does not
         bound memory (only the ``[windows, classes]`` scores grow: 3 MB for an hour). A
         waveform gets the checks a file gets (layout, rate, NaN / Inf, length). ``hop_seconds``
-        (default: the model's) must be at least one front-end frame."""
+        (default: the model's) must be at least one front-end frame. A streaming-aware file is
+        run once per chunk, the states carried, and its windows are runs of ``window_chunks``
+        logit rows (``_streaming_window_scores``)."""
         if isinstance(audio, (str, Path)):
             blocks = read_blocks(audio, self.sample_rate)
         else:
