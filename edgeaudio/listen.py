@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .audio import to_mono
+
 SILENCE_NOTICE_SECONDS = 3.0
 DIGITAL_SILENCE_PEAK = 2.0 ** -15     # below one 16-bit step: no analog input reaches it
 LOST_REPORT_SECONDS = 0.25            # block delivery jitter stays below this
@@ -68,15 +70,31 @@ class Listener:
             try:
                 for chunk in source:
                     self._watch(source, chunk)
-                    before = self.stream.n_inferences
-                    for event in self.stream.push(chunk):
-                        self._emit(event)
-                    if self.stream.n_inferences != before:
-                        self.on_hop(self.stream)
+                    for piece in self._hop_pieces(chunk):
+                        before = self.stream.n_inferences
+                        for event in self.stream.push(piece):
+                            self._emit(event)
+                        if self.stream.n_inferences != before:
+                            self.on_hop(self.stream)
                     self._update(source)
             finally:
                 self._update(source)
         return self.summary
+
+    def _hop_pieces(self, chunk):
+        """A block cut where hops fall, so that ``on_hop`` sees every hop even when a block
+        holds several (a file read fast in long blocks); a block the stream resamples goes in
+        whole (its hops are not on the block's sample grid)."""
+        stream = self.stream
+        if stream.resampler is not None or len(chunk) <= stream.due:
+            yield chunk
+            return
+        chunk = to_mono(chunk, "stream chunk")  # cut along time, whatever the layout
+        pos = 0
+        while pos < len(chunk):
+            take = stream.due  # push() resets it after each hop
+            yield chunk[pos:pos + take]
+            pos += take
 
     def finish(self) -> ListenSummary:
         for event in self.stream.flush():
