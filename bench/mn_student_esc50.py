@@ -8,6 +8,8 @@ distillation from the fitted mn04 beside them. Fold 1 first; the best row then o
     .venv/bin/python bench/mn_student_esc50.py time small-old mn02-inherit-distill
     nohup .venv/bin/python bench/mn_student_esc50.py run mn02-inherit-distill --folds 1 \
         > runs/bench-mn.log 2>&1 &                              # resumable, skips finished
+    .venv/bin/python bench/mn_student_esc50.py deploy mn02-stream-inherit-distill   # export,
+                                                                # score as classify does
     .venv/bin/python bench/mn_student_esc50.py report          # JSON + markdown table
     .venv/bin/python bench/mn_student_esc50.py sanity          # inherited weights: zero-shot
 
@@ -130,6 +132,50 @@ def run_rows(rows, folds, progress: bool) -> None:
                   f"({(time.time() - t0) / 60:.1f} min)", flush=True)
 
 
+DEPLOYED_FILES = {"int8 TFLite": ("model.int8.tflite", "litert"),
+                  "int8 ONNX": ("model.int8.onnx", "onnxruntime"),
+                  "float TFLite": ("model.tflite", "litert")}
+
+
+def deploy_rows(rows, folds) -> None:
+    """Export each finished fold (``edgeaudio export``: int8 calibrated on 200 windows or
+    calls from the training folds) and score the held-out fold's clips through the runtime
+    exactly as ``edgeaudio classify`` does; ``deployed.json`` beside the run."""
+    import csv
+
+    from edgeaudio import Model
+    from edgeaudio.export.cli import export_checkpoint
+    from edgeaudio.files import atomic_write_json
+
+    meta = list(csv.DictReader(open(ESC50 / "meta" / "esc50.csv")))
+    labels = sorted({r["category"] for r in meta})
+    for row in rows:
+        for fold in folds:
+            run = run_dir(row, fold)
+            if not (run / "metrics.json").exists():
+                print(f"[{row} fold {fold}] not trained yet", flush=True)
+                continue
+            out = run / "export"
+            if not (out / "model.int8.tflite").exists():
+                t0 = time.time()
+                export_checkpoint(run, out, int8=True, calibration=200, data=str(ESC50),
+                                  test_fold=fold, report=False, echo=print)
+                print(f"[{row} fold {fold}] exported ({time.time() - t0:.0f} s)", flush=True)
+            test = [r for r in meta if r["fold"] == str(fold)]
+            result = {"clips": len(test), "files": {}}
+            for name, (file, backend) in DEPLOYED_FILES.items():
+                model = Model(out / file, backend=backend)
+                correct = sum(model.classify(ESC50 / "audio" / r["filename"]).top(1)[0][0]
+                              == r["category"] for r in test)
+                result["files"][name] = {"accuracy": correct / len(test),
+                                         "bytes": (out / file).stat().st_size,
+                                         "backend": backend}
+                print(f"[{row} fold {fold}] {name}: {100 * correct / len(test):.2f} % "
+                      f"through classify", flush=True)
+            assert model.labels == labels, "the run's labels are ESC-50's categories"
+            atomic_write_json(run / "deployed.json", result)
+
+
 def time_rows(rows) -> dict:
     """3 training steps of each row on ESC-10 (fold 1 held out): CPU seconds per step, and
     the preparation (teacher embeddings of the clean clips) per clip."""
@@ -188,6 +234,9 @@ def collect() -> dict:
                 "epochs": m["epochs"], "teacher_test_accuracy": kd.get(
                     "teacher_test_accuracy", kd.get("probe_test_accuracy")),
                 "command": cli_command(row, fold)}
+            deployed = run_dir(row, fold) / "deployed.json"
+            if deployed.exists():
+                folds[fold]["deployed"] = json.loads(deployed.read_text())
         if folds:
             accs = [f["accuracy"] for f in folds.values()]
             results["rows"].append({"row": row, "description": description(row),
@@ -196,8 +245,9 @@ def collect() -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| row | fold 1 | folds (mean: per fold) | params | MACs / s of audio | "
-             "CPU training time / fold | teacher held-out |", "|---|---|---|---|---|---|---|"]
+    lines = ["| row | fold 1 | fold 1, int8 TFLite via classify (size) | folds (mean: per "
+             "fold) | params | MACs / s of audio | CPU training time / fold | teacher "
+             "held-out |", "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         folds = r["folds"]
         one = next(iter(folds.values()))
@@ -207,7 +257,10 @@ def markdown(results: dict) -> str:
         macs = one["macs_per_second"]
         minutes = sum(f["train_seconds"] for f in folds.values()) / len(folds) / 60
         teacher = one["teacher_test_accuracy"]
-        lines.append(f"| {r['description']} | {fold1} | {many} | {one['params']:,} | "
+        int8 = (folds.get(1) or {}).get("deployed", {}).get("files", {}).get("int8 TFLite")
+        deployed = "-" if int8 is None else \
+            f"{100 * int8['accuracy']:.1f} ({int8['bytes'] / 1000:.0f} KB)"
+        lines.append(f"| {r['description']} | {fold1} | {deployed} | {many} | {one['params']:,} | "
                      f"{macs['network'] / 1e6:.1f} M (+{macs['filterbank'] / 1e6:.1f} M front "
                      f"end) | {minutes:.0f} min | "
                      f"{'-' if teacher is None else f'{100 * teacher:.1f}'} |")
@@ -294,6 +347,9 @@ def main(argv=None) -> int:
     run.add_argument("--quiet", action="store_true")
     timed = sub.add_parser("time", help="3 steps of each row on ESC-10: the cost estimate")
     timed.add_argument("rows", nargs="*", choices=ROWS)
+    deploy = sub.add_parser("deploy", help="export finished folds, score them as classify does")
+    deploy.add_argument("rows", nargs="+", choices=ROWS)
+    deploy.add_argument("--folds", default="1")
     sub.add_parser("report", help="collect finished runs, write the JSON, print the table")
     sub.add_parser("list", help="rows, their commands and estimated cost")
     sub.add_parser("sanity", help="inherited weights before training: probe and logits")
@@ -308,6 +364,9 @@ def main(argv=None) -> int:
         from edgeaudio.train.data import parse_folds
         torch.set_num_threads(1)
         run_rows(args.rows, parse_folds(args.folds), not args.quiet)
+    elif args.command == "deploy":
+        from edgeaudio.train.data import parse_folds
+        deploy_rows(args.rows, parse_folds(args.folds))
     elif args.command == "time":
         time_rows(args.rows or ROWS)
     elif args.command == "sanity":

@@ -422,8 +422,14 @@ def info(model, as_json, backend):
     click.echo(f"  sample rate   {i.sample_rate} Hz")
     click.echo(f"  front end     STFT n_fft {f.n_fft}, window {f.win_length}, hop {f.hop_length}; "
                f"{fb.get('kind')} filterbank, {f.n_bins} bins; log(x + {f.log_offset:g})")
-    click.echo(f"  window / hop  {i.window_seconds:.3f} s ({i.n_frames} frames) / "
-               f"{i.hop_seconds:.3f} s")
+    if i.streaming is None:
+        click.echo(f"  window / hop  {i.window_seconds:.3f} s ({i.n_frames} frames) / "
+                   f"{i.hop_seconds:.3f} s")
+    else:
+        st = i.streaming
+        click.echo(f"  streaming     one {i.chunk_seconds:.3f}-s chunk ({st['chunk_frames']} "
+                   f"frames) a call, {len(st['states'])} carried states; window "
+                   f"{i.scored_window_seconds:.3f} s ({st['window_chunks']} chunks)")
     click.echo(f"  input         {list(m.backend.input_shape)}")
     click.echo(f"  labels ({len(i.labels)})   {', '.join(i.labels)}")
     if i.provenance:

@@ -61,7 +61,8 @@ def tune_threshold(model, events: list, background: list, settings: dict, *,
     """The threshold for ``model``'s stream engine at ``settings`` (smooth, patience, hop),
     chosen on ``events`` (``(wave, label)`` at the model rate, the validation clips) placed
     between ``background`` waves. Returns the threshold and the figures of every candidate."""
-    gap = gap_seconds if gap_seconds is not None else max(2.0, 2 * model.info.window_seconds)
+    gap = (gap_seconds if gap_seconds is not None
+           else max(2.0, 2 * model.info.scored_window_seconds))
     audio, truth = validation_stream(events, background, model.sample_rate, gap, seed)
     background_label = (settings.get("background") or [None])[0]
     rows = []
@@ -69,7 +70,7 @@ def tune_threshold(model, events: list, background: list, settings: dict, *,
         run = run_stream(model, audio, {k: v for k, v in settings.items()
                                         if k != "background"} | {"threshold": threshold})
         score = score_stream(run.events, truth, len(audio) / model.sample_rate,
-                             model.info.window_seconds, run.tail_seconds, background_label)
+                             model.info.scored_window_seconds, run.tail_seconds, background_label)
         alarms = alarm_summary([score])
         per_10min = (alarms["false_alarms"] / (alarms["background_hours"] * 6)
                      if alarms["background_hours"] else 0.0)

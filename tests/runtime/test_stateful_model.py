@@ -23,8 +23,8 @@ from tests.conftest import REPO
 from tests.runtime.cli_helpers import edgeaudio, error_lines, json_lines
 
 torch = pytest.importorskip("torch")
-writers = pytest.importorskip("export.writers")
-from export.streaming import NamedCall, calibration_calls  # noqa: E402
+writers = pytest.importorskip("edgeaudio.export.writers")
+from edgeaudio.export.streaming import NamedCall, calibration_calls  # noqa: E402
 
 CHUNK_FRAMES, WINDOW_CHUNKS = 8, 4
 LABELS = ["dog", "rooster", "crying_baby"]
@@ -133,7 +133,7 @@ def fixture(tmp_path_factory):
 def int8_file(fixture, tmp_path_factory):
     """The network through the export room's int8 TFLite writer: int8 features, logits and
     states, calibrated on calls with the states a real recording leaves."""
-    from export.quantize import quantize_tflite
+    from edgeaudio.export.quantize import quantize_tflite
 
     net, files, _, infos = fixture
     model = Model(files[".tflite"])
@@ -478,3 +478,10 @@ def test_a_stateful_graph_without_streaming_metadata_is_refused_as_before(fixtur
                           tmp_path / ("plain" + suffix))
     with pytest.raises(ModelFileError, match="has one (float )?input and an output"):
         Model(plain, backend=backend)
+
+
+def test_info_describes_the_chunk_and_the_scored_window(fixture):
+    r = edgeaudio("info", fixture[1][".onnx"])
+    assert r.returncode == 0, r.stderr
+    assert (f"streaming     one 0.160-s chunk ({CHUNK_FRAMES} frames) a call, 2 carried states; "
+            f"window 0.640 s ({WINDOW_CHUNKS} chunks)") in r.stdout
