@@ -137,6 +137,11 @@ DEPLOYED_FILES = {"int8 TFLite": ("model.int8.tflite", "litert"),
                   "float TFLite": ("model.tflite", "litert")}
 
 
+def clip_path(row: dict) -> Path:
+    """An ESC-50 metadata row's clip (the shared copy holds them as FLAC)."""
+    return ESC50 / "audio" / (Path(row["filename"]).stem + ".flac")
+
+
 def deploy_rows(rows, folds) -> None:
     """Export each finished fold (``edgeaudio export``: int8 calibrated on 200 windows or
     calls from the training folds) and score the held-out fold's clips through the runtime
@@ -165,14 +170,14 @@ def deploy_rows(rows, folds) -> None:
             result = {"clips": len(test), "files": {}}
             for name, (file, backend) in DEPLOYED_FILES.items():
                 model = Model(out / file, backend=backend)
-                correct = sum(model.classify(ESC50 / "audio" / r["filename"]).top(1)[0][0]
-                              == r["category"] for r in test)
+                correct = sum(model.classify(clip_path(r)).top(1)[0][0] == r["category"]
+                              for r in test)
                 result["files"][name] = {"accuracy": correct / len(test),
                                          "bytes": (out / file).stat().st_size,
                                          "backend": backend}
                 print(f"[{row} fold {fold}] {name}: {100 * correct / len(test):.2f} % "
                       f"through classify", flush=True)
-            assert model.labels == labels, "the run's labels are ESC-50's categories"
+            assert sorted(model.labels) == labels, "the run's labels are ESC-50's categories"
             atomic_write_json(run / "deployed.json", result)
 
 
@@ -282,8 +287,7 @@ def sanity() -> dict:
 
     torch.set_num_threads(1)
     rows = [r for r in csv.DictReader(open(ESC50 / "meta" / "esc50.csv")) if r["esc10"] == "True"]
-    waves = [load_audio(ESC50 / "audio" / (Path(r["filename"]).stem + ".flac"), 16000)
-             for r in rows]
+    waves = [load_audio(clip_path(r), 16000) for r in rows]
     labels = sorted({r["category"] for r in rows})
     y = np.array([labels.index(r["category"]) for r in rows])
     test = np.array([r["fold"] == "1" for r in rows])

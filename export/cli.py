@@ -149,6 +149,7 @@ def streaming_step(network, info: ModelInfo, window_seconds: float):
     step = MNStreamStep(network).eval()
     chunk_seconds = step.chunk_frames * info.frontend.hop_length / info.sample_rate
     info.n_frames = step.chunk_frames
+    info.stream["hop_seconds"] = round(chunk_seconds, 6)  # what the engine will hop
     info.streaming = streaming_section(step.state_shapes(), step.chunk_frames,
                                        max(1, int(round(window_seconds / chunk_seconds))))
     return step

@@ -74,7 +74,7 @@ def test_each_file_is_one_streaming_call_with_its_metadata(exported, name):
     assert len(streaming["states"]) == 16
     assert streaming["states"][0] == {"input": "state_0", "output": "next_state_0",
                                       "shape": [1, 1, 128, 2]}
-    assert info.chunk_seconds == pytest.approx(0.32)
+    assert info.chunk_seconds == info.stream["hop_seconds"] == pytest.approx(0.32)
 
 
 def test_float_files_score_a_recording_as_one_causal_torch_pass(exported):
