@@ -228,9 +228,13 @@ def estimated_hours(cfg, measured: dict) -> float:
 
 
 def collect() -> dict:
+    """Every row's finished folds; a fold whose run is not on this machine (runs/ is not kept
+    from one checkout to the next) keeps the figures the results file already has."""
+    kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
+    kept = {r["row"]: {int(k): v for k, v in r["folds"].items()} for r in kept["rows"]}
     results = {"rows": []}
     for row in ROWS:
-        folds = {}
+        folds = dict(kept.get(row, {}))
         for fold, m in _runs.finished_folds(RUNS / row):
             kd = m.get("kd") or {}
             folds[fold] = {
@@ -243,6 +247,7 @@ def collect() -> dict:
             if deployed.exists():
                 folds[fold]["deployed"] = json.loads(deployed.read_text())
         if folds:
+            folds = dict(sorted(folds.items()))
             accs = [f["accuracy"] for f in folds.values()]
             results["rows"].append({"row": row, "description": description(row),
                                     "folds": folds, "accuracy_mean": sum(accs) / len(accs)})
