@@ -112,7 +112,7 @@ def _edge_quantizer(qat: bool = False):
              aten.squeeze.dims, aten.unsqueeze.default, aten.flatten.using_ints,
              aten.dropout.default, aten.clone.default, aten.relu.default,
              aten.max_pool2d.default, aten.contiguous.default, aten.pad.default,
-             aten.constant_pad_nd.default}
+             aten.constant_pad_nd.default, aten.slice.Tensor}
     own_range = {aten.hardswish.default, aten.hardswish_.default, aten.add.Tensor}
 
     class EdgeQuantizer(PT2EQuantizer):
