@@ -92,7 +92,8 @@ class ModelInfo:
                 **({"streaming": self.streaming} if self.streaming is not None else {})}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        # compact: the document rides inside every model file (a few KB of a 300-KB int8 one)
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text, source: str = "model") -> "ModelInfo":

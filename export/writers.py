@@ -173,25 +173,89 @@ def write_onnx(network: torch.nn.Module, info: ModelInfo, path) -> Path:
 
 # --- TFLite ----------------------------------------------------------------------------------
 
-def shorten_tensor_names(model) -> None:
-    """Name every tensor but the graph's inputs and outputs ``t<index>``. The converter names
-    each after its module path (a few hundred bytes apiece, a tenth of a small int8 file);
-    nothing reads them, and the signature keeps its own input and output keys."""
+def drop_tensor_names(model) -> None:
+    """Unname every tensor but the graph's inputs and outputs. The converter names each after
+    its module path (a few hundred bytes apiece, a tenth of a small int8 file); nothing reads
+    them, and the signature keeps its own input and output keys."""
     for subgraph in model.subgraphs:
         keep = {int(i) for i in subgraph.inputs} | {int(i) for i in subgraph.outputs}
         for index, tensor in enumerate(subgraph.tensors):
             if index not in keep:
-                tensor.name = f"t{index}".encode()
+                tensor.name = None  # the interpreter names it ""
+
+
+def _shared_vector_quantization(schema):
+    """A ``QuantizationParametersT`` whose scale and zero-point vectors, and the table holding
+    them, are written once per distinct content and referenced from every tensor that has them
+    (a FlatBuffer may point many tables at one vector or table). Per-channel int8 weights store an int64 zero point per
+    channel, all zero: written per tensor they are a fifth of a small int8 file."""
+
+    class SharedVectorQuantization(schema.QuantizationParametersT):
+        def __init__(self, source, written: dict):
+            super().__init__()
+            self.__dict__.update(vars(source))
+            self.written = written  # (builder, field, content) -> offset, shared by the file
+
+        def _vector(self, builder, field: str, values, dtype) -> int:
+            array = np.asarray(values, dtype=dtype)
+            key = (id(builder), field, array.tobytes())
+            if key not in self.written:
+                self.written[key] = builder.CreateNumpyVector(array)
+            return self.written[key]
+
+        def Pack(self, builder):
+            if self.min is not None or self.max is not None or self.details is not None:
+                return super().Pack(builder)  # not what the int8 converter writes: as is
+            key = (id(builder), "table", self.detailsType, self.quantizedDimension,
+                   np.asarray(self.scale if self.scale is not None else [], "<f4").tobytes(),
+                   np.asarray(self.zeroPoint if self.zeroPoint is not None else [],
+                              "<i8").tobytes(), self.scale is None, self.zeroPoint is None)
+            if key not in self.written:  # tensors quantized alike share one table too
+                self.written[key] = self._table(builder)
+            return self.written[key]
+
+        def _table(self, builder) -> int:
+            scale = None if self.scale is None else self._vector(builder, "scale", self.scale,
+                                                                 "<f4")
+            zero = None if self.zeroPoint is None else self._vector(builder, "zero_point",
+                                                                    self.zeroPoint, "<i8")
+            schema.QuantizationParametersStart(builder)
+            if scale is not None:
+                schema.QuantizationParametersAddScale(builder, scale)
+            if zero is not None:
+                schema.QuantizationParametersAddZeroPoint(builder, zero)
+            schema.QuantizationParametersAddDetailsType(builder, self.detailsType)
+            schema.QuantizationParametersAddQuantizedDimension(builder,
+                                                               self.quantizedDimension)
+            return schema.QuantizationParametersEnd(builder)
+
+    return SharedVectorQuantization
+
+
+def pack_tflite(model) -> bytes:
+    """Serialize a TFLite object model with its quantization vectors shared
+    (``_shared_vector_quantization``): the same graph, the interpreter reads it as before."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    shared = _shared_vector_quantization(schema)
+    written: dict = {}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            if tensor.quantization is not None:
+                tensor.quantization = shared(tensor.quantization, written)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def add_tflite_metadata(tflite_bytes: bytes, info: ModelInfo) -> bytes:
     """Append a buffer holding the metadata JSON and a Metadata entry naming it (tensor names
-    shortened on the way: ``shorten_tensor_names``)."""
+    dropped and quantization vectors shared on the way: ``drop_tensor_names``,
+    ``pack_tflite``)."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
-    shorten_tensor_names(model)
+    drop_tensor_names(model)
     replaced = [m for m in (model.metadata or []) if m.name in (METADATA_KEY.encode(), METADATA_KEY)]
     for meta in replaced:  # buffers are referenced by index: empty the old one, keep its place
         model.buffers[meta.buffer].data = None
@@ -203,7 +267,7 @@ def add_tflite_metadata(tflite_bytes: bytes, info: ModelInfo) -> bytes:
     meta.name = METADATA_KEY
     meta.buffer = len(model.buffers) - 1
     model.metadata.append(meta)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return pack_tflite(model)
 
 
 def write_tflite(network: torch.nn.Module, info: ModelInfo, path) -> Path:
