@@ -16,6 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 ESC50 = shared_dir() / "data" / "esc50"
 
 
+def clip_path(row: dict) -> Path:
+    """An ESC-50 metadata row's clip (the shared copy holds them as FLAC)."""
+    return ESC50 / "audio" / (Path(row["filename"]).stem + ".flac")
+
+
 def esc50_present(esc50: Path) -> bool:
     """True when ESC-50 is at ``esc50``; otherwise says so on stderr."""
     if (esc50 / "meta" / "esc50.csv").exists():

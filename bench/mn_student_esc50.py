@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import _runs
-from _runs import ESC50, REPO, esc50_present, save_report
+from _runs import ESC50, REPO, clip_path, esc50_present, save_report
 
 
 CONFIGS = REPO / "bench" / "configs" / "mn_student_esc50"
@@ -136,11 +136,6 @@ def run_rows(rows, folds, progress: bool) -> None:
 DEPLOYED_FILES = {"int8 TFLite": ("model.int8.tflite", "litert"),
                   "int8 ONNX": ("model.int8.onnx", "onnxruntime"),
                   "float TFLite": ("model.tflite", "litert")}
-
-
-def clip_path(row: dict) -> Path:
-    """An ESC-50 metadata row's clip (the shared copy holds them as FLAC)."""
-    return ESC50 / "audio" / (Path(row["filename"]).stem + ".flac")
 
 
 def deploy_rows(rows, folds) -> None:
