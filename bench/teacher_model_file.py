@@ -122,7 +122,7 @@ def main(argv=None) -> int:
                      provenance={"teacher": "EfficientAT mn04 (every weight)",
                                  "head": f"linear probe (losses.fit_probe, C {PROBE_C:g}) on "
                                          f"ESC-50 folds other than {args.fold}",
-                                 "config": {"fold": args.fold},
+                                 "held_out_fold": args.fold,
                                  "exported_by": f"edgeaudio {__version__} "
                                                 f"bench/teacher_model_file.py"})
     info.stream.update(settings_for_event_length(5.0, info.hop_seconds))  # ESC-50: 5-s clips
