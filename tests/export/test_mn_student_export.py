@@ -6,7 +6,6 @@ float islands: hardswish and residual adds quantized) and runs under TensorFlow 
 One export is shared by the module (the conversions take tens of seconds)."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -27,37 +26,18 @@ from edgeaudio import Model  # noqa: E402
 from edgeaudio.audio import load_audio  # noqa: E402
 from edgeaudio.cli import main  # noqa: E402
 from edgeaudio.export.clips import runtime_windows  # noqa: E402
-from edgeaudio.files import shared_dir  # noqa: E402
-from edgeaudio.train.checkpoint import load_student  # noqa: E402
 from edgeaudio.train.mn_student import mn_frontend_spec  # noqa: E402
 
-from ..conftest import REPO, esc50_csv  # noqa: E402
+from ..conftest import REPO  # noqa: E402
+from .mn_export_run import FILES, LABELS, train_and_export  # noqa: E402
 
 torch.set_num_threads(1)
-
-LABELS = ["dog", "rooster", "rain"]  # ESC-10 classes (CC BY)
-FILES = ["model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite"]
-MN04_WEIGHTS = shared_dir() / "weights" / "efficientat" / "mn04_as_mAP_432.pt"
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, esc50):
-    from edgeaudio.train.distill import DistillConfig, train_distill
-
-    root = tmp_path_factory.mktemp("mn_export")
-    data = esc50_csv(root, LABELS, train_per_class=6, test_per_class=2)
-    cfg = DistillConfig(data=str(data), fold=5, student="mn01", teacher="",
-                        init="mn04" if MN04_WEIGHTS.exists() else "random", epochs=1,
-                        batch_size=4, steps_per_epoch=3, crop_seconds=1.0, seed=0)
-    run = root / "run"
-    train_distill(cfg, run, progress=False)
-    out = root / "models"
-    result = CliRunner().invoke(main, ["export", str(run), "--int8", "--calibration", "30",
-                                       "--no-report", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    student, ckpt = load_student(run)
-    clips = [r["path"] for r in csv.DictReader(open(data)) if r["fold"] == "5"]
-    return {"out": out, "student": student, "ckpt": ckpt, "clips": clips}
+    return train_and_export(tmp_path_factory.mktemp("mn_export"), "mn01",
+                            ["--calibration", "30", "--no-report"])
 
 
 @pytest.mark.parametrize("name", FILES)

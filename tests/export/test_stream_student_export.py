@@ -6,7 +6,6 @@ a recording as the torch network's one causal pass does; the int8 ones stay clos
 One export is shared by the module (the conversions take tens of seconds)."""
 from __future__ import annotations
 
-import csv
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -18,42 +17,20 @@ torch = pytest.importorskip("torch", reason="export needs torch")
 pytest.importorskip("litert_torch", reason="export needs litert-torch")
 pytest.importorskip("onnxruntime", reason="export needs onnxruntime")
 
-from click.testing import CliRunner  # noqa: E402
-
 from edgeaudio import Model  # noqa: E402
 from edgeaudio.audio import load_audio  # noqa: E402
-from edgeaudio.cli import main  # noqa: E402
-from edgeaudio.files import shared_dir  # noqa: E402
-from edgeaudio.train.checkpoint import load_student  # noqa: E402
 
-from ..conftest import esc50_csv  # noqa: E402
+from .mn_export_run import FILES, LABELS, train_and_export  # noqa: E402
 
 torch.set_num_threads(1)
-
-LABELS = ["dog", "rooster", "rain"]  # ESC-10 classes (CC BY)
-FILES = ["model.onnx", "model.int8.onnx", "model.tflite", "model.int8.tflite"]
-MN04_WEIGHTS = shared_dir() / "weights" / "efficientat" / "mn04_as_mAP_432.pt"
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, esc50):
-    from edgeaudio.train.distill import DistillConfig, train_distill
-
-    root = tmp_path_factory.mktemp("stream_export")
-    data = esc50_csv(root, LABELS, train_per_class=6, test_per_class=2)
-    cfg = DistillConfig(data=str(data), fold=5, student="mn02-stream", teacher="",
-                        init="mn04" if MN04_WEIGHTS.exists() else "random", epochs=1,
-                        batch_size=4, steps_per_epoch=3, crop_seconds=1.0, seed=0)
-    run = root / "run"
-    train_distill(cfg, run, progress=False)
-    out = root / "models"
-    result = CliRunner().invoke(main, ["export", str(run), "--int8", "--calibration", "40",
-                                       "--window", "1.28", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "streaming graph: 32-frame chunks" in result.output
-    student, _ = load_student(run)
-    clips = [r["path"] for r in csv.DictReader(open(data)) if r["fold"] == "5"]
-    return {"out": out, "network": student.network.eval(), "clips": clips}
+    run = train_and_export(tmp_path_factory.mktemp("stream_export"), "mn02-stream",
+                           ["--calibration", "40", "--window", "1.28"])
+    assert "streaming graph: 32-frame chunks" in run["output"]
+    return {**run, "network": run["student"].network.eval()}
 
 
 def torch_chunk_logits(network, model: Model, wave: np.ndarray, chunks: int) -> np.ndarray:
