@@ -47,10 +47,10 @@ Design (every random choice comes from ``--seed``):
   - ``quiet``: pink noise at ``QUIET_DBFS`` (-70 dBFS, below the gate: a quiet room); checks
     the gate and the transitions into and out of events.
 * Layout. Events are shuffled into streams of ``EVENTS_PER_STREAM``; each stream starts with
-  ``GAP_SECONDS`` of background, and after each event (its end plus one scored window: a streaming file's
-  run of chunks, not its chunk) comes a
-  ``GAP_SECONDS`` stretch of background alone before the next onset, at a random sample (so
-  the onset falls at a uniformly random phase of the hop). Each stream runs through a fresh
+  ``GAP_SECONDS`` of background, and after each event (its end plus one scored window: a
+  streaming file's run of chunks, not its chunk) comes a ``GAP_SECONDS`` stretch of background
+  alone before the next onset, at a random sample (so the onset falls at a uniformly random
+  phase of the hop). Each stream runs through a fresh
   engine (a device starting to listen) at the model's default settings.
 * What counts: ``edgeaudio.event_scoring`` (spans, detection within one window of the onset,
   latency from the onset to the moment the start was EMITTED, false alarms per hour of

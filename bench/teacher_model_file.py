@@ -3,7 +3,7 @@
 (``../shared/weights/efficientat``) with a linear probe fitted on ESC-50's other four folds,
 written as a float ONNX file the runtime runs like any student's.
 
-    .venv/bin/python bench/teacher_model_file.py --fold 1          # runs/teacher/mn04-probe-fold1.onnx
+    .venv/bin/python bench/teacher_model_file.py --fold 1   # runs/teacher/mn04-probe-fold1.onnx
     .venv/bin/python bench/streaming.py --model runs/teacher/mn04-probe-fold1.onnx --fold 1 \\
         --json bench/results/streaming_teacher.json --plot docs/streaming_teacher.png
 

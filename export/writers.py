@@ -187,8 +187,9 @@ def drop_tensor_names(model) -> None:
 def _shared_vector_quantization(schema):
     """A ``QuantizationParametersT`` whose scale and zero-point vectors, and the table holding
     them, are written once per distinct content and referenced from every tensor that has them
-    (a FlatBuffer may point many tables at one vector or table). Per-channel int8 weights store an int64 zero point per
-    channel, all zero: written per tensor they are a fifth of a small int8 file."""
+    (a FlatBuffer may point many tables at one vector or table). Per-channel int8 weights store
+    an int64 zero point per channel, all zero, which LiteRT wants in full: written per tensor
+    they are a fifth of a small int8 file."""
 
     class SharedVectorQuantization(schema.QuantizationParametersT):
         def __init__(self, source, written: dict):
@@ -233,7 +234,7 @@ def _shared_vector_quantization(schema):
 
 
 def pack_tflite(model) -> bytes:
-    """Serialize a TFLite object model with its quantization vectors shared
+    """Serialize a TFLite object model with its quantization vectors and tables shared
     (``_shared_vector_quantization``): the same graph, the interpreter reads it as before."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
