@@ -203,13 +203,13 @@ def test_int8_tflite_has_int8_input_and_output_with_scale_and_zero_point(exporte
     assert onnx_model.info.extra["quantization"]["calibration_windows"] == 100
 
 
-def test_tflite_files_carry_short_tensor_names_but_keep_their_inputs_and_outputs(exported):
+def test_tflite_files_leave_tensors_unnamed_but_keep_their_inputs_and_outputs(exported):
     from ai_edge_litert.tools import flatbuffer_utils
     for name in ("model.tflite", "model.int8.tflite"):
         graph = flatbuffer_utils.read_model(str(exported["out"] / name)).subgraphs[0]
         io = {int(i) for i in graph.inputs} | {int(i) for i in graph.outputs}
-        names = [t.name.decode() for t in graph.tensors]
-        assert all(n == f"t{i}" for i, n in enumerate(names) if i not in io), name
+        names = [t.name.decode() if t.name else "" for t in graph.tensors]
+        assert all(n == "" for i, n in enumerate(names) if i not in io), name
         assert all(len(names[i]) > 0 for i in io)
 
 
