@@ -12,7 +12,12 @@ without that conv), so that every layer of the student has a layer of mn04 to in
 
 Variants (``MN_STUDENTS``): ``drop_blocks`` leaves out residual blocks (their stream keeps its
 channels, so nothing else changes); ``late_width`` builds the blocks from ``late_from`` on
-(default 13, the last stride-2 stage, where most parameters are) at a smaller width.
+(default 13, the last stride-2 stage, where most parameters are) at a smaller width;
+``expand_width`` narrows only the expanded channels inside the blocks from ``expand_from`` on,
+leaving the residual streams at ``width``; ``se_ratio`` sizes the SE squeezes (mn04: 1/4) and
+``head_hidden`` the head. ``mn04-short`` is mn04 itself without blocks 14 and 15, with 1/16
+squeezes and a 128-unit head: every stream and expanded channel kept, so all its convolutions
+and BatchNorms are mn04's own (``bench/mn_screen_esc50.py`` compares the ways to cut).
 
 Inheritance (``inherit_from_mn04``): every layer of the student takes the weights of mn04's
 layer at the same place, restricted to the channels it keeps, chosen by importance:
@@ -91,6 +96,10 @@ class MNConfig:
     drop_blocks: tuple[int, ...] = ()     # residual blocks (1..15) left out
     late_width: float | None = None       # width of blocks >= late_from (None: ``width``)
     late_from: int = 13
+    expand_width: float | None = None     # width of expanded channels from expand_from on
+    expand_from: int = 2                  # (None: the block's width; block 1 has no expand conv)
+    se_ratio: int = 4                     # SE squeeze units = expanded / se_ratio (mn04: 4)
+    head_hidden: int | None = None        # the MLP head's hidden units (None: 1280 x last width)
     dropout: float = 0.2
     causal: bool = False                  # causal in time: streams chunk by chunk (see below)
 
@@ -107,6 +116,15 @@ MN_STUDENTS: dict[str, MNConfig] = {
                            drop_blocks=(14, 15)),
     "mn02-slim": MNConfig("mn02-slim", "mn02 with the last stage at width 0.1", 0.2,
                           late_width=0.1),
+    # mn04's residual streams and blocks 1-13 as they are (the fewest cuts for the most kept:
+    # bench/mn_screen_esc50.py), without blocks 14 and 15, SE squeezes 1/16, a 128-unit head
+    "mn04-short": MNConfig("mn04-short", "mn04 without its last two blocks, SE squeezed to "
+                           "1/16, a 128-unit head (inherits from mn04)", 0.4,
+                           drop_blocks=(14, 15), se_ratio=16, head_hidden=128),
+    "mn04-short-stream": MNConfig("mn04-short-stream", "mn04-short, causal in time: one "
+                                  "network pass per 0.32-s chunk while listening", 0.4,
+                                  drop_blocks=(14, 15), se_ratio=16, head_hidden=128,
+                                  causal=True),
     "mn02-stream": MNConfig("mn02-stream", "mn02, causal in time: one network pass per "
                             "0.32-s chunk while listening (inherits from mn04)", 0.2,
                             causal=True),
@@ -132,6 +150,7 @@ class BlockPlan:
     use_se: bool
     use_hardswish: bool
     stride: int
+    se_ratio: int = 4
 
     @property
     def residual(self) -> bool:
@@ -139,9 +158,13 @@ class BlockPlan:
 
 
 def block_plans(width: float, drop_blocks=(), late_width: float | None = None,
-                late_from: int = 13) -> tuple[int, list[BlockPlan], int]:
+                late_from: int = 13, expand_width: float | None = None, expand_from: int = 2,
+                se_ratio: int = 4) -> tuple[int, list[BlockPlan], int]:
     """(first conv channels, the kept blocks, last stream channels) at these widths."""
     config = MNConfig("plan", "", width, tuple(drop_blocks), late_width, late_from)
+    if expand_from < 2:
+        raise ValueError(f"expand_from must be >= 2 (block 1 has no expand conv), got "
+                         f"{expand_from}")
     bad = [b for b in config.drop_blocks if not 1 <= b <= N_BLOCKS or not _is_residual_in_table(b)]
     if bad:
         raise ValueError(f"only residual blocks can be dropped; {bad} are not (residual: "
@@ -156,8 +179,9 @@ def block_plans(width: float, drop_blocks=(), late_width: float | None = None,
         if block in config.drop_blocks:
             continue
         w = config.block_width(block)
-        plan = BlockPlan(block, stream, kernel, make_divisible(expanded * w, 8),
-                         make_divisible(out_ch * w, 8), use_se, use_hs, stride)
+        inner = expand_width if expand_width is not None and block >= expand_from else w
+        plan = BlockPlan(block, stream, kernel, make_divisible(expanded * inner, 8),
+                         make_divisible(out_ch * w, 8), use_se, use_hs, stride, se_ratio)
         if plan.residual != _is_residual_in_table(block):
             raise ValueError(f"width {w}: block {block}'s residual connection would differ "
                              f"from mn04's")
@@ -226,7 +250,7 @@ def inverted_residual(plan: BlockPlan, causal: bool = False) -> InvertedResidual
                               plan.use_hardswish, plan.stride)
     for i, layer in enumerate(module.block):
         if isinstance(layer, ConcurrentSEBlock):
-            module.block[i] = (FrameSE if causal else ChannelSE)(plan.expanded)
+            module.block[i] = (FrameSE if causal else ChannelSE)(plan.expanded, plan.se_ratio)
     if plan.expanded == plan.in_ch and plan.block > 1:
         activation = nn.Hardswish if plan.use_hardswish else nn.ReLU
         module.block = nn.Sequential(
@@ -251,7 +275,9 @@ class MNNetwork(nn.Module):
         self.config = config
         self.n_classes, self.n_harmonics, self.n_freq = int(n_classes), 1, int(n_mels)
         first, self.plans, last_in = block_plans(config.width, config.drop_blocks,
-                                                 config.late_width, config.late_from)
+                                                 config.late_width, config.late_from,
+                                                 config.expand_width, config.expand_from,
+                                                 config.se_ratio)
         # EfficientAT's (x + 4.5) / 5 as a fixed 1x1 conv: exact, and int8 from the input on
         # (a scalar add and multiply would stay float at the head of an int8 graph)
         self.input_scale = nn.Conv2d(1, 1, 1)
@@ -268,7 +294,7 @@ class MNNetwork(nn.Module):
         self.causal = config.causal
         if self.causal:
             make_causal(self.features)
-        hidden = make_divisible(1280 * config.block_width(N_BLOCKS), 8)
+        hidden = config.head_hidden or make_divisible(1280 * config.block_width(N_BLOCKS), 8)
         self.head = nn.Sequential(nn.Linear(self.embedding_dim, hidden), nn.Hardswish(),
                                   nn.Dropout(config.dropout), nn.Linear(hidden, n_classes))
         self.time_stride = TIME_STRIDE

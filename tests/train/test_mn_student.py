@@ -160,6 +160,45 @@ def test_variants_drop_residual_blocks_or_shrink_late_ones(teacher):
         block_plans(0.2, drop_blocks=(13,))
 
 
+def test_mn04_short_keeps_the_teachers_blocks_and_cuts_only_squeezes_and_head(teacher):
+    student = build_mn_student("mn04-short", 50)
+    assert count_params(student.network) <= 250_000
+    report = inherit_from_mn04(student, teacher)
+    net = student.network
+    assert [p.block for p in net.plans] == list(range(1, 14))
+    # every stream and expanded channel is kept, so each conv and BatchNorm is mn04's own
+    assert all(s == list(range(len(s))) for s in report["stream"])
+    t_state = teacher.features.state_dict()
+    last = len(net.features) - 1  # the last 1x1 conv: mn04's features[16]
+    for key, value in net.features.state_dict().items():
+        index, rest = key.split(".", 1)
+        t_key = f"16.{rest}" if int(index) == last else key
+        if "conc_se_layers" not in key:
+            assert torch.equal(value, t_state[t_key]), key
+    # SE squeezes shrink to 1/16 of the expanded channels (272 // 16 rounded to 8s; mn04: 1/4)
+    se_t = teacher.features[13].block[2].conc_se_layers[0]
+    se_s = net.features[13].block[2].conc_se_layers[0]
+    squeeze = torch.tensor(report["blocks"][13]["squeeze"])
+    assert (se_t.fc1.out_features, se_s.fc1.out_features) == (72, 16)
+    assert torch.equal(se_s.fc1.weight, se_t.fc1.weight[squeeze])
+    assert net.head[0].out_features == 128
+    assert torch.equal(net.head[0].weight, teacher.classifier[2].weight[report["hidden"]])
+
+
+def test_expand_width_narrows_the_blocks_inside_and_keeps_the_streams(teacher):
+    student = student_at(0.4, expand_width=0.2, expand_from=11)
+    plans = {p.block: p for p in student.network.plans}
+    wide = {p.block: p for p in student_at(0.4).network.plans}
+    assert [plans[b].out_ch for b in plans] == [wide[b].out_ch for b in wide]
+    assert [plans[b].expanded for b in range(1, 11)] == [wide[b].expanded for b in range(1, 11)]
+    assert plans[14].expanded == 192 and wide[14].expanded == 384
+    report = inherit_from_mn04(student, teacher)
+    assert all(s == list(range(len(s))) for s in report["stream"])
+    assert student.network.eval()(torch.randn(1, 64, 128)).shape == (1, 527)
+    with pytest.raises(ValueError, match="expand_from must be >= 2"):
+        block_plans(0.4, expand_width=0.2, expand_from=1)
+
+
 def test_batchnorm_recalibration_changes_statistics_not_weights(teacher):
     student = build_mn_student("mn01", 5).eval()
     inherit_from_mn04(student, teacher)
