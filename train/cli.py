@@ -53,6 +53,7 @@ SETTINGS_OF_FLAG = {"--teacher": "teachers", "--kd-teacher": "kd_teachers",
 # run options a configuration file may hold besides the settings, and what it may say for people
 RUN_KEYS = ("folds", "out", "threads", "workers", "stream", "loader_workers")
 NOTE_KEYS = ("description",)
+LOOPS = ("distill", "student")
 
 
 def flag_for(key: str) -> str:
@@ -68,6 +69,16 @@ def _default(name: str, cls=None) -> str:
     from .config import TrainConfig
     value = (cls or TrainConfig).default(name)
     return f" [default: {value}]" if value not in (None, [], "") else ""
+
+
+def _default_per_loop(name: str) -> str:
+    """``[default: X]``, or both loops' defaults where they differ."""
+    from .config import TrainConfig
+    from .distill import DistillConfig
+    distill, student = DistillConfig.default(name), TrainConfig.default(name)
+    if distill == student:
+        return _default(name)
+    return f" [default: {distill} distilling, {student} in the student loop]"
 
 
 def _default_multiview(name: str) -> str:
@@ -111,12 +122,19 @@ def training_settings(config_file, given: dict):
     from_file = read_config_file(config_file) if config_file else {}
     for key in NOTE_KEYS:
         from_file.pop(key, None)
-    loop = from_file.pop(LOOP_KEY, None)  # loop = "distill": the online-distillation loop
-    if loop not in (None, "distill"):
-        raise UsageError(f"--config {config_file}: loop = {loop!r}; known: distill")
+    # loop = "distill": the online-distillation loop; a file without the key is the student
+    # loop's, as every file written before the distillation loop was
+    loop = from_file.pop(LOOP_KEY, "student" if config_file else None)
+    if given.get(LOOP_KEY) is not None:
+        loop = given[LOOP_KEY]
+    given.pop(LOOP_KEY, None)
+    if loop not in (None, *LOOPS):
+        raise UsageError(f"--config {config_file}: loop = {loop!r}; known: {', '.join(LOOPS)}")
     run_options = {k: from_file.pop(k) for k in RUN_KEYS if k in from_file}
     run_options.update({k: given.pop(k) for k in RUN_KEYS if given.get(k) is not None})
     given = {k: v for k, v in given.items() if v is not None}
+    if loop is None:
+        loop = default_loop(given, run_options)
     student = given.get("student", from_file.get("student", TrainConfig.default("student")))
     cls = (DistillConfig if loop == "distill"
            else MultiViewConfig if student == "multiview" else TrainConfig)
@@ -146,6 +164,25 @@ def training_settings(config_file, given: dict):
         raise UsageError(str(exc)) from None
 
 
+def default_loop(given: dict, run_options: dict) -> str:
+    """The loop a command line without ``--config`` or ``--loop`` runs: the online
+    distillation (the default recipe: ``mn04-short`` from mn04's weights, taught by mn04 +
+    probe; README, bench/mn_student_esc50.py) unless it names what only the student loop has:
+    a student outside the mn family, a setting the distillation loop lacks (``--teacher``,
+    ``--reg``, ``--kd``, ...) or cross-validation and the scaling options."""
+    from .distill import DistillConfig
+    from .mn_student import is_mn_student
+
+    if "student" in given and not is_mn_student(given["student"]):
+        return "student"
+    known = set(DistillConfig.known_keys())
+    if any(DistillConfig.RENAMED.get(k, k) not in known for k in given):
+        return "student"
+    if any(run_options.get(k) for k in ("folds", "workers", "stream", "loader_workers")):
+        return "student"
+    return "distill"
+
+
 def scaling_options(run_options: dict) -> dict:
     """``workers``, ``stream`` and ``loader_workers`` of a run, checked."""
     workers = run_options.get("workers")
@@ -170,6 +207,11 @@ def scaling_options(run_options: dict) -> dict:
                    "underscores, e.g. kd_teachers, crop_seconds); options given here win.")
 @click.option("--data", type=click.Path(), default=None,
               help="Class folders, a CSV (path,label[,fold]), or the ESC-50 folder.")
+@click.option("--loop", type=click.Choice(LOOPS), default=None,
+              help="distill: online distillation from mn04 into an mn student (the default "
+                   "recipe; student mn04-short); student: the student loop (harmonic "
+                   "students, teacher regularisers, cached KD, --folds). Default: distill, "
+                   "unless the options given are the student loop's.")
 @click.option("--layout", "--recipe", "layout", type=click.Choice(["esc50"]), default=None,
               help="A known dataset layout (esc50: meta/esc50.csv, predefined folds); "
                    "--recipe is its old name.")
@@ -189,7 +231,8 @@ def scaling_options(run_options: dict) -> dict:
               help="Also score the test split every --eval-every epochs, for plots and "
                    "papers' protocols (never used for a choice).")
 @click.option("--student", default=None,
-              help="Student size (--list-students)." + _default("student"))
+              help="Student size (--list-students). Default: mn04-short (distillation loop), "
+                   "small (student loop).")
 @click.option("--init", type=click.Choice(["random", "mn04"]), default=None,
               help="An mn student's starting weights: random, or mn04's channels kept by "
                    "importance." + _default("init"))
@@ -253,10 +296,11 @@ def scaling_options(run_options: dict) -> dict:
 @click.option("--contrastive-warmup", type=click.IntRange(0), default=None,
               help="Epochs on labels alone before the contrastive term (default: 10 % of "
                    "--epochs).")
-@click.option("--epochs", type=click.IntRange(1), default=None, help=_default("epochs")[1:])
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help=_default_per_loop("epochs")[1:])
 @click.option("--batch-size", type=click.IntRange(2), default=None,
               help=_default("batch_size")[1:])
-@click.option("--lr", type=float, default=None, help=_default("lr")[1:])
+@click.option("--lr", type=float, default=None, help=_default_per_loop("lr")[1:])
 @click.option("--seed", type=int, default=None, help=_default("seed")[1:])
 @click.option("--crop", "crop_seconds", type=float, default=None,
               help="Training crop in seconds (default: min(4, longest clip)).")
@@ -280,7 +324,7 @@ def scaling_options(run_options: dict) -> dict:
                    "more reshuffles them again).")
 @click.option("--eval-every", type=click.IntRange(1), default=None,
               help="Validation accuracy every this many epochs (and after the last)."
-                   + _default("eval_every"))
+                   + _default_per_loop("eval_every"))
 @click.option("--skip-unreadable", is_flag=True, default=None,
               help="Skip unreadable audio (listed in data_report.json) instead of stopping.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -307,7 +351,8 @@ def train_command(config_file, resume, stop_after, quiet, **options):
 
     \b
     Examples:
-      edgeaudio train --data my_recordings/           # one sub-folder per class
+      edgeaudio train --data my_recordings/           # one sub-folder per class: the
+                                                      # default recipe (mn04-short, mn04)
       edgeaudio train --data labels.csv               # path,label[,fold]
       edgeaudio train --data ../shared/data/esc50 --layout esc50 --fold 1 \\
           --student small --teacher yamnet --teacher efficientat --reg con --out runs/f1
@@ -353,6 +398,10 @@ def train_command(config_file, resume, stop_after, quiet, **options):
                              "teacher fit` train on several")
         if isinstance(cfg, DistillConfig):
             out = Path(out) if out else Path("runs") / f"{Path(cfg.data).stem}-distill"
+            if not quiet and is_main_process():
+                click.echo(f"online distillation: {cfg.student} ({cfg.init} weights) taught "
+                           f"by {cfg.teacher or 'no teacher'}, {cfg.epochs} epochs -> {out} "
+                           f"(--loop student: the student loop)", err=True)
             metrics = train_distill(cfg, out, resume=resume, progress=not quiet,
                                     stop_after_epoch=stop_after, threads=threads)
         else:

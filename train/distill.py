@@ -74,7 +74,7 @@ class DistillConfig(Settings):
     layout: str | None = None
     fold: int | None = None
     classes: str | None = None
-    student: str = "mn02"
+    student: str = "mn04-short"        # the default recipe's student (README: the ablation)
     init: str = "mn04"                 # mn students: "mn04" (inherit) or "random"
     importance: str = "bn"             # how inherited channels are chosen: "bn" or "l1"
     # re-estimate BN statistics after inheriting: off, as on an ESC-10 probe it helped one
@@ -84,7 +84,7 @@ class DistillConfig(Settings):
     kd_weight: float = 0.98
     kd_temperature: float = 2.0
     con_reg: float = 0.0               # weight of the cosine embedding term (Con-Reg)
-    epochs: int = 150
+    epochs: int = 40                   # the budget every measured row trained on
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2

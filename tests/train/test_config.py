@@ -66,12 +66,16 @@ def test_an_old_key_of_a_renamed_setting_still_reads(tmp_path):
 
 
 def test_no_flags_means_the_configuration_class_defaults():
+    from edgeaudio.train.distill import DistillConfig
     cfg, _ = training_settings(None, {"data": "d", "epochs": None, "teachers": None})
+    assert cfg == DistillConfig(data="d")  # the default recipe
+    cfg, _ = training_settings(None, {"data": "d", "loop": "student"})
     assert cfg == TrainConfig(data="d")
     mv, _ = training_settings(None, {"data": "d", "student": "multiview"})
     assert mv == MultiViewConfig(data="d")
-    text = CliRunner().invoke(main, ["train", "--help"]).output
-    assert f"[default: {TrainConfig.default('epochs')}]" in text
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert (f"[default: {DistillConfig.default('epochs')} distilling, "
+            f"{TrainConfig.default('epochs')} in the student loop]") in text
 
 
 def test_unknown_or_misplaced_keys_are_refused_by_name(tmp_path):

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 pytest.importorskip("torch", reason="the train room needs torch")
 
 from edgeaudio.cli import main  # noqa: E402
+from edgeaudio.files import shared_dir  # noqa: E402
 
 from ..conftest import esc50_clip, esc50_rows  # noqa: E402
 
@@ -137,3 +138,49 @@ def test_an_unlabeled_folder_without_audio_is_a_one_line_error(small_csv, tmp_pa
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert f"--unlabeled {empty}: no audio files" in result.output
+
+
+@pytest.mark.parametrize("given, loop", [
+    ({}, "distill"),
+    ({"fold": 2, "epochs": 3, "lr": 1e-4}, "distill"),     # settings both loops have
+    ({"student": "mn02"}, "distill"),
+    ({"student": "tiny"}, "student"),                        # a harmonic student
+    ({"teachers": ["yamnet"], "reg": "con"}, "student"),     # the student loop's settings
+    ({"folds": "1-5"}, "student"),                           # cross-validation
+    ({"loop": "student"}, "student"),
+    ({"loop": "distill", "student": "mn01"}, "distill"),
+])
+def test_the_command_line_picks_the_distillation_recipe_unless_told_otherwise(given, loop):
+    from edgeaudio.train.cli import training_settings
+    from edgeaudio.train.distill import DistillConfig
+
+    cfg, _ = training_settings(None, {"data": "clips.csv", **given})
+    assert isinstance(cfg, DistillConfig) == (loop == "distill")
+    if loop == "distill" and "student" not in given:
+        assert (cfg.student, cfg.init, cfg.teacher) == ("mn04-short", "mn04", "efficientat")
+    if given == {"loop": "student"}:
+        assert cfg.student == "small"
+
+
+def test_a_setting_the_chosen_loop_lacks_is_named():
+    from edgeaudio.train.cli import UsageError, training_settings
+    with pytest.raises(UsageError, match="online-distillation loop has no such setting: --reg"):
+        training_settings(None, {"data": "clips.csv", "loop": "distill", "reg": "con"})
+
+
+MN04_WEIGHTS = shared_dir() / "weights" / "efficientat" / "mn04_as_mAP_432.pt"
+
+
+@pytest.mark.skipif(not MN04_WEIGHTS.exists(), reason="mn04 weights not in the shared folder")
+def test_the_default_recipe_distils_mn04_into_mn04_short_on_real_clips(small_csv, tmp_path):
+    env = {"EDGEAUDIO_CACHE": str(tmp_path / "cache"), "OMP_WAIT_POLICY": "PASSIVE"}
+    out = tmp_path / "run"
+    result = invoke("train", "--data", small_csv, "--fold", 2, "--epochs", 1,
+                    "--steps-per-epoch", 1, "--batch-size", 4, "--crop", 1.0, "--out", out,
+                    "--quiet", env=env)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_test"] == 6
+    from edgeaudio.train.checkpoint import load_student
+    _, meta = load_student(out)
+    assert meta["student"] == "mn04-short"
