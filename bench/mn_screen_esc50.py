@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +42,12 @@ CANDIDATES = {
     "mn04-d1415-se16": dict(width=0.4, drop_blocks=(14, 15), se_ratio=16, head_hidden=128),
     "mn04-late-e30-d1415-se16": dict(width=0.4, expand_width=0.3, expand_from=11,
                                      drop_blocks=(14, 15), se_ratio=16, head_hidden=128),
+    "mn04-short-causal": dict(width=0.4, drop_blocks=(14, 15), se_ratio=16, head_hidden=128,
+                              causal=True),
+    # the tiny row (<= 70 K): mn01 against mn04's streams with almost everything else cut
+    "mn01": dict(width=0.1, dropout=0.1),
+    "mn04-tiny": dict(width=0.4, drop_blocks=(12, 14, 15), expand_width=0.1, expand_from=11,
+                      se_ratio=16, head_hidden=48, embedding_dim=128),
 }
 
 
@@ -122,8 +129,12 @@ def main(argv=None) -> int:
     if not esc50_present(ESC50):
         return 2
     results = screen(args.candidates)
+    path = Path(args.json)
+    if path.exists():  # candidates screened before and not now stay
+        kept = json.loads(path.read_text()).get("candidates", {})
+        results["candidates"] = {**kept, **results["candidates"]}
     from edgeaudio.files import atomic_write_json
-    atomic_write_json(args.json, results)
+    atomic_write_json(path, results)
     print(json.dumps(results, indent=1))
     return 0
 

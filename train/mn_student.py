@@ -14,8 +14,8 @@ Variants (``MN_STUDENTS``): ``drop_blocks`` leaves out residual blocks (their st
 channels, so nothing else changes); ``late_width`` builds the blocks from ``late_from`` on
 (default 13, the last stride-2 stage, where most parameters are) at a smaller width;
 ``expand_width`` narrows only the expanded channels inside the blocks from ``expand_from`` on,
-leaving the residual streams at ``width``; ``se_ratio`` sizes the SE squeezes (mn04: 1/4) and
-``head_hidden`` the head. ``mn04-short`` is mn04 itself without blocks 14 and 15, with 1/16
+leaving the residual streams at ``width``; ``se_ratio`` sizes the SE squeezes (mn04: 1/4),
+``embedding_dim`` the last 1x1 conv and ``head_hidden`` the head. ``mn04-short`` is mn04 itself without blocks 14 and 15, with 1/16
 squeezes and a 128-unit head: every stream and expanded channel kept, so all its convolutions
 and BatchNorms are mn04's own (``bench/mn_screen_esc50.py`` compares the ways to cut).
 
@@ -100,6 +100,7 @@ class MNConfig:
     expand_from: int = 2                  # (None: the block's width; block 1 has no expand conv)
     se_ratio: int = 4                     # SE squeeze units = expanded / se_ratio (mn04: 4)
     head_hidden: int | None = None        # the MLP head's hidden units (None: 1280 x last width)
+    embedding_dim: int | None = None      # the last 1x1 conv's channels (None: 6 x last stream)
     dropout: float = 0.2
     causal: bool = False                  # causal in time: streams chunk by chunk (see below)
 
@@ -287,7 +288,7 @@ class MNNetwork(nn.Module):
         self.input_scale.requires_grad_(False)
         layers = [ConvNormActivation(1, first, 3, stride=2, activation=nn.Hardswish)]
         layers += [inverted_residual(plan, config.causal) for plan in self.plans]
-        self.embedding_dim = 6 * last_in
+        self.embedding_dim = config.embedding_dim or 6 * last_in
         layers.append(ConvNormActivation(last_in, self.embedding_dim, 1,
                                          activation=nn.Hardswish))
         self.features = nn.Sequential(*layers)

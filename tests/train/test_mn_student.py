@@ -195,6 +195,13 @@ def test_expand_width_narrows_the_blocks_inside_and_keeps_the_streams(teacher):
     report = inherit_from_mn04(student, teacher)
     assert all(s == list(range(len(s))) for s in report["stream"])
     assert student.network.eval()(torch.randn(1, 64, 128)).shape == (1, 527)
+    # a smaller embedding keeps the last conv's most important channels (BN |gamma|)
+    small = student_at(0.4, embedding_dim=96, head_hidden=32)
+    report = inherit_from_mn04(small, teacher)
+    last = torch.tensor(report["last"])
+    gamma = teacher.features[-1][1].weight.detach().abs()
+    assert len(last) == small.network.embedding_dim == 96
+    assert gamma[last].min() >= gamma.sort(descending=True).values[95]
     with pytest.raises(ValueError, match="expand_from must be >= 2"):
         block_plans(0.4, expand_width=0.2, expand_from=1)
 
