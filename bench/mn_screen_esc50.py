@@ -47,7 +47,7 @@ CANDIDATES = {
     # the tiny row (<= 70 K): mn01 against mn04's streams with almost everything else cut
     "mn01": dict(width=0.1, dropout=0.1),
     "mn04-tiny": dict(width=0.4, drop_blocks=(12, 14, 15), expand_width=0.1, expand_from=11,
-                      se_ratio=16, head_hidden=48, embedding_dim=128),
+                      se_ratio=16, head_hidden=48, embedding_dim=128, dropout=0.1),
 }
 
 

@@ -126,6 +126,12 @@ MN_STUDENTS: dict[str, MNConfig] = {
                                   "network pass per 0.32-s chunk while listening", 0.4,
                                   drop_blocks=(14, 15), se_ratio=16, head_hidden=128,
                                   causal=True),
+    # the tiny row (<= 70 K): mn04's streams up to block 13, block 12 dropped, blocks 11-13
+    # narrowed inside, a 128-channel embedding and a 48-unit head
+    "mn04-tiny": MNConfig("mn04-tiny", "mn04's streams without blocks 12, 14, 15, blocks "
+                          "11-13 at expansion width 0.1, 128-d embedding (inherits from mn04)",
+                          0.4, drop_blocks=(12, 14, 15), expand_width=0.1, expand_from=11,
+                          se_ratio=16, head_hidden=48, embedding_dim=128, dropout=0.1),
     "mn02-stream": MNConfig("mn02-stream", "mn02, causal in time: one network pass per "
                             "0.32-s chunk while listening (inherits from mn04)", 0.2,
                             causal=True),

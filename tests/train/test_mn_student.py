@@ -62,6 +62,8 @@ def test_sizes_follow_efficientats_layout_and_fit_the_budget():
     assert count_params(mn01.features) == count_params(MobileNetV3Audio(0.1).features) + 3 * 80
     assert (mn02.embedding_dim, mn01.embedding_dim) == (192, 96)
     assert count_params(mn02) <= 250_000 and count_params(mn01) <= 70_000
+    assert count_params(build_student("mn04-short", 50).network) <= 250_000
+    assert count_params(build_student("mn04-tiny", 50).network) <= 70_000
     for name in ("mn02-short", "mn02-slim"):
         assert count_params(build_student(name, 50).network) < count_params(mn02)
     rows = {r["name"]: r for r in list_students(50)}
