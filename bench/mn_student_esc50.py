@@ -139,10 +139,13 @@ DEPLOYED_FILES = {"int8 TFLite": ("model.int8.tflite", "litert"),
                   "float TFLite": ("model.tflite", "litert")}
 
 
-def deploy_rows(rows, folds) -> None:
+def deploy_rows(rows, folds, qat_epochs: int = 0) -> None:
     """Export each finished fold (``edgeaudio export``: int8 calibrated on 200 windows or
     calls from the training folds) and score the held-out fold's clips through the runtime
-    exactly as ``edgeaudio classify`` does; ``deployed.json`` beside the run."""
+    exactly as ``edgeaudio classify`` does; ``deployed.json`` beside the run. With
+    ``qat_epochs`` (window graphs), ``edgeaudio export --qat-epochs N`` instead: the int8 files
+    are quantization-aware fine-tuned when PTQ costs over 0.5 points; ``export-qatN/`` and
+    ``deployed-qatN.json``."""
     import csv
 
     from edgeaudio import Model
@@ -157,11 +160,13 @@ def deploy_rows(rows, folds) -> None:
             if not (run / "metrics.json").exists():
                 print(f"[{row} fold {fold}] not trained yet", flush=True)
                 continue
-            out = run / "export"
+            suffix = f"-qat{qat_epochs}" if qat_epochs else ""
+            out = run / f"export{suffix}"
             if not (out / "model.int8.tflite").exists():
                 t0 = time.time()
                 export_checkpoint(run, out, int8=True, calibration=200, data=str(ESC50),
-                                  test_fold=fold, report=False, echo=print)
+                                  test_fold=fold, report=bool(qat_epochs),
+                                  qat_epochs=qat_epochs, tflm=False, echo=print)
                 print(f"[{row} fold {fold}] exported ({time.time() - t0:.0f} s)", flush=True)
             test = [r for r in meta if r["fold"] == str(fold)]
             result = {"clips": len(test), "files": {}}
@@ -175,7 +180,7 @@ def deploy_rows(rows, folds) -> None:
                 print(f"[{row} fold {fold}] {name}: {100 * correct / len(test):.2f} % "
                       f"through classify", flush=True)
             assert sorted(model.labels) == labels, "the run's labels are ESC-50's categories"
-            atomic_write_json(run / "deployed.json", result)
+            atomic_write_json(run / f"deployed{suffix}.json", result)
 
 
 def time_rows(rows) -> dict:
@@ -356,6 +361,8 @@ def main(argv=None) -> int:
     deploy = sub.add_parser("deploy", help="export finished folds, score them as classify does")
     deploy.add_argument("rows", nargs="+", choices=ROWS)
     deploy.add_argument("--folds", default="1")
+    deploy.add_argument("--qat-epochs", type=int, default=0,
+                        help="quantization-aware fine-tuning when PTQ costs > 0.5 points")
     sub.add_parser("report", help="collect finished runs, write the JSON, print the table")
     sub.add_parser("list", help="rows, their commands and estimated cost")
     sub.add_parser("sanity", help="inherited weights before training: probe and logits")
@@ -372,7 +379,7 @@ def main(argv=None) -> int:
         run_rows(args.rows, parse_folds(args.folds), not args.quiet)
     elif args.command == "deploy":
         from edgeaudio.train.data import parse_folds
-        deploy_rows(args.rows, parse_folds(args.folds))
+        deploy_rows(args.rows, parse_folds(args.folds), args.qat_epochs)
     elif args.command == "time":
         time_rows(args.rows or ROWS)
     elif args.command == "sanity":
