@@ -248,6 +248,8 @@ def collect() -> dict:
             deployed = run_dir(row, fold) / "deployed.json"
             if deployed.exists():
                 folds[fold]["deployed"] = json.loads(deployed.read_text())
+            for qat in sorted(run_dir(row, fold).glob("deployed-qat*.json")):
+                folds[fold][qat.stem] = json.loads(qat.read_text())
         if folds:
             folds = dict(sorted(folds.items()))
             accs = [f["accuracy"] for f in folds.values()]
