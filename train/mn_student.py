@@ -15,9 +15,10 @@ channels, so nothing else changes); ``late_width`` builds the blocks from ``late
 (default 13, the last stride-2 stage, where most parameters are) at a smaller width;
 ``expand_width`` narrows only the expanded channels inside the blocks from ``expand_from`` on,
 leaving the residual streams at ``width``; ``se_ratio`` sizes the SE squeezes (mn04: 1/4),
-``embedding_dim`` the last 1x1 conv and ``head_hidden`` the head. ``mn04-short`` is mn04 itself without blocks 14 and 15, with 1/16
-squeezes and a 128-unit head: every stream and expanded channel kept, so all its convolutions
-and BatchNorms are mn04's own (``bench/mn_screen_esc50.py`` compares the ways to cut).
+``embedding_dim`` the last 1x1 conv and ``head_hidden`` the head. ``mn04-short`` is mn04
+itself without blocks 14 and 15, with 1/16 squeezes and a 128-unit head: every stream and
+expanded channel kept, so all its convolutions and BatchNorms are mn04's own
+(``bench/mn_screen_esc50.py`` compares the ways to cut).
 
 Inheritance (``inherit_from_mn04``): every layer of the student takes the weights of mn04's
 layer at the same place, restricted to the channels it keeps, chosen by importance:
@@ -126,10 +127,10 @@ MN_STUDENTS: dict[str, MNConfig] = {
                                   "network pass per 0.32-s chunk while listening", 0.4,
                                   drop_blocks=(14, 15), se_ratio=16, head_hidden=128,
                                   causal=True),
-    # the tiny row (<= 70 K): mn04's streams up to block 13, block 12 dropped, blocks 11-13
-    # narrowed inside, a 128-channel embedding and a 48-unit head
+    # the tiny row (<= 70 K): mn04's streams up to block 13, block 12 dropped, blocks 11 and
+    # 13 narrowed inside, a 128-channel embedding and a 48-unit head
     "mn04-tiny": MNConfig("mn04-tiny", "mn04's streams without blocks 12, 14, 15, blocks "
-                          "11-13 at expansion width 0.1, 128-d embedding (inherits from mn04)",
+                          "11 and 13 at expansion width 0.1, 128-d embedding (inherits from mn04)",
                           0.4, drop_blocks=(12, 14, 15), expand_width=0.1, expand_from=11,
                           se_ratio=16, head_hidden=48, embedding_dim=128, dropout=0.1),
     "mn02-stream": MNConfig("mn02-stream", "mn02, causal in time: one network pass per "
