@@ -25,10 +25,13 @@ def _list_students(ctx, param, value):
     if not value or ctx.resilient_parsing:
         return
     from .students import list_students, student_frontend_settings
-    for row in list_students():
+    rows = list_students()
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
         settings = student_frontend_settings(row["name"])
-        click.echo(f"{row['name']:8s} {row['params']:>9,d} params  embedding {row['embedding_dim']:>3d}"
-                   f"  {row['n_bins']} bins @ {settings['sample_rate']} Hz  {row['description']}")
+        click.echo(f"{row['name']:{width}s} {row['params']:>9,d} params  embedding "
+                   f"{row['embedding_dim']:>3d}  {row['n_bins']} bins @ "
+                   f"{settings['sample_rate']} Hz  {row['description']}")
     click.echo("multiview  one CRNN branch per --views (~86 K params each) and a joint head, "
                "--blend adaptive|none|late|uniform (training-time comparison, not exported)")
     ctx.exit(0)
