@@ -12,7 +12,7 @@ are per second of audio (network only).
 
     .venv/bin/python bench/mn_screen_esc50.py [--candidates NAME ...] [--json PATH]
 
-About 1 CPU-minute per candidate after the clips are decoded once (cached in runs/).
+About 2 CPU-minutes per candidate after the clips are decoded once (cached in runs/).
 """
 from __future__ import annotations
 
@@ -31,24 +31,37 @@ from _runs import ESC50, REPO, clip_path, esc50_present
 RESULTS = REPO / "bench" / "results" / "mn_screen_esc50.json"
 CACHE = REPO / "runs" / "cache" / "esc50_16k.npy"
 RECALIBRATION_CLIPS = 400
-# candidate -> MNConfig settings (width 0.4 is mn04's residual streams)
+# candidate -> MNConfig settings, or the name of the student in MN_STUDENTS it is (width 0.4
+# is mn04's residual streams)
 CANDIDATES = {
     "mn04": dict(width=0.4),
-    "mn02": dict(width=0.2),
+    "mn02": "mn02",
     "mn04-e20-d15": dict(width=0.4, expand_width=0.2, drop_blocks=(15,), head_hidden=128),
     "mn04-e20-se16": dict(width=0.4, expand_width=0.2, se_ratio=16, head_hidden=128),
     "mn04-late-e20-se16": dict(width=0.4, expand_width=0.2, expand_from=11, se_ratio=16,
                                head_hidden=128),
-    "mn04-d1415-se16": dict(width=0.4, drop_blocks=(14, 15), se_ratio=16, head_hidden=128),
+    "mn04-d1415-se16": "mn04-short",
     "mn04-late-e30-d1415-se16": dict(width=0.4, expand_width=0.3, expand_from=11,
                                      drop_blocks=(14, 15), se_ratio=16, head_hidden=128),
-    "mn04-short-causal": dict(width=0.4, drop_blocks=(14, 15), se_ratio=16, head_hidden=128,
-                              causal=True),
+    "mn04-short-causal": "mn04-short-stream",
     # the tiny row (<= 70 K): mn01 against mn04's streams with almost everything else cut
-    "mn01": dict(width=0.1, dropout=0.1),
-    "mn04-tiny": dict(width=0.4, drop_blocks=(12, 14, 15), expand_width=0.1, expand_from=11,
-                      se_ratio=16, head_hidden=48, embedding_dim=128, dropout=0.1),
+    "mn01": "mn01",
+    "mn04-tiny": "mn04-tiny",
 }
+
+
+def candidate_config(name: str):
+    """The candidate's MNConfig and its settings that differ from MNConfig's defaults."""
+    from dataclasses import fields
+
+    from edgeaudio.train.mn_student import MN_STUDENTS, MNConfig
+
+    spec = CANDIDATES[name]
+    config = MN_STUDENTS[spec] if isinstance(spec, str) else MNConfig(name, "", **spec)
+    settings = {f.name: getattr(config, f.name) for f in fields(config)
+                if f.name not in ("name", "description")
+                and (f.name == "width" or getattr(config, f.name) != f.default)}
+    return config, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def esc50_fold1():
@@ -72,8 +85,8 @@ def screen(names: list[str]) -> dict:
 
     from edgeaudio.train.frontend import TorchFrontend
     from edgeaudio.train.losses import fit_probe
-    from edgeaudio.train.mn_student import (MNConfig, MNNetwork, MNStudent, inherit_from_mn04,
-                                            load_mn04, mn_frontend_spec, recalibrate_batchnorm)
+    from edgeaudio.train.mn_student import (MNNetwork, MNStudent, inherit_from_mn04, load_mn04,
+                                            mn_frontend_spec, recalibrate_batchnorm)
     from edgeaudio.train.students import count_macs_per_second, count_params
 
     torch.set_num_threads(1)
@@ -95,9 +108,8 @@ def screen(names: list[str]) -> dict:
                          "recalibration": len(recalibration)}, "candidates": {}}
     for name in names:
         started = time.process_time()
-        config = MNConfig(name, "", **CANDIDATES[name])
-        row = {"settings": {k: list(v) if isinstance(v, tuple) else v
-                            for k, v in CANDIDATES[name].items()}}
+        config, settings = candidate_config(name)
+        row = {"settings": settings}
         for init in ("mn04", "random"):
             torch.manual_seed(0)
             student = MNStudent(config, TorchFrontend(mn_frontend_spec()), MNNetwork(config, 50))
