@@ -44,6 +44,11 @@ CANDIDATES = {
     "mn04-late-e30-d1415-se16": dict(width=0.4, expand_width=0.3, expand_from=11,
                                      drop_blocks=(14, 15), se_ratio=16, head_hidden=128),
     "mn04-short-causal": "mn04-short-stream",
+    # mn04-short with a narrower embedding (its 1x1 conv to 384 channels and the head's first
+    # layer are a third of its parameters): int8 files under 300 KB
+    "mn04-short-emb256": dict(width=0.4, drop_blocks=(14, 15), se_ratio=16, head_hidden=128,
+                              embedding_dim=256),
+    "mn04-short320": "mn04-short320",
     # the tiny row (<= 70 K): mn01 against mn04's streams with almost everything else cut
     "mn01": "mn01",
     "mn04-tiny": "mn04-tiny",

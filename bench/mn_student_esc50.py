@@ -51,7 +51,7 @@ ROWS = ["small-old", "mn02-random-old", "mn02-inherit-old", "small-distill",
         "mn02-random-distill", "mn02-inherit-distill", "mn02-inherit-distill-patient",
         "mn01-inherit-distill", "mn02-inherit-distill-fitted", "mn02-stream-inherit-distill",
         "mn02-stream-inherit-distill-con", "mn04-short-inherit-distill",
-        "mn04-short-stream-inherit-distill"]
+        "mn04-short-stream-inherit-distill", "mn04-short320-inherit-distill"]
 TRAIN_CLIPS, CLIPS = 1600, 2000  # ESC-50, one fold held out
 # rows that are another row's file with settings added: row -> (file's row, settings)
 DERIVED = {"mn02-inherit-old": ("mn02-random-old", {"init": "mn04"})}

@@ -36,6 +36,7 @@ stays the single-process code. Multi-node runs are torchrun's business (``--nnod
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -199,8 +200,17 @@ def init_world(device: str = "cpu") -> World:
         kwargs = {"device_id": torch.device(device)} if world.backend == "nccl" else {}
         torch.distributed.init_process_group(world.backend, timeout=timedelta(minutes=minutes),
                                              **kwargs)
+        atexit.register(leave_world)
     _current = world
     return world
+
+
+def leave_world() -> None:
+    """Tear the process group down before the interpreter exits: left to the C++ destructors,
+    a rank's gloo threads are destroyed while still joinable and the rank aborts ("terminate
+    called without an active exception") after its work is done."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def current_world() -> World:

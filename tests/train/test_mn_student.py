@@ -63,6 +63,9 @@ def test_sizes_follow_efficientats_layout_and_fit_the_budget():
     assert (mn02.embedding_dim, mn01.embedding_dim) == (192, 96)
     assert count_params(mn02) <= 250_000 and count_params(mn01) <= 70_000
     assert count_params(build_student("mn04-short", 50).network) <= 250_000
+    short320 = build_student("mn04-short320", 50).network
+    assert (short320.embedding_dim, short320.head[0].out_features) == (320, 96)
+    assert count_params(short320) == 203_412
     assert count_params(build_student("mn04-tiny", 50).network) <= 70_000
     for name in ("mn02-short", "mn02-slim"):
         assert count_params(build_student(name, 50).network) < count_params(mn02)
