@@ -169,7 +169,7 @@ def training_settings(config_file, given: dict):
 
 def default_loop(given: dict, run_options: dict) -> str:
     """The loop a command line without ``--config`` or ``--loop`` runs: the online
-    distillation (the default recipe: ``mn04-short`` from mn04's weights, taught by mn04 +
+    distillation (the default recipe: ``mn04-short320`` from mn04's weights, taught by mn04 +
     probe; README, bench/mn_student_esc50.py) unless it names what only the student loop has:
     a student outside the mn family, a setting the distillation loop lacks (``--teacher``,
     ``--reg``, ``--kd``, ...) or cross-validation and the scaling options."""
@@ -212,7 +212,7 @@ def scaling_options(run_options: dict) -> dict:
               help="Class folders, a CSV (path,label[,fold]), or the ESC-50 folder.")
 @click.option("--loop", type=click.Choice(LOOPS), default=None,
               help="distill: online distillation from mn04 into an mn student (the default "
-                   "recipe; student mn04-short); student: the student loop (harmonic "
+                   "recipe; student mn04-short320); student: the student loop (harmonic "
                    "students, teacher regularisers, cached KD, --folds). Default: distill, "
                    "unless the options given are the student loop's.")
 @click.option("--layout", "--recipe", "layout", type=click.Choice(["esc50"]), default=None,
@@ -234,7 +234,7 @@ def scaling_options(run_options: dict) -> dict:
               help="Also score the test split every --eval-every epochs, for plots and "
                    "papers' protocols (never used for a choice).")
 @click.option("--student", default=None,
-              help="Student size (--list-students). Default: mn04-short (distillation loop), "
+              help="Student size (--list-students). Default: mn04-short320 (distillation loop), "
                    "small (student loop).")
 @click.option("--init", type=click.Choice(["random", "mn04"]), default=None,
               help="An mn student's starting weights: random, or mn04's channels kept by "
@@ -355,7 +355,7 @@ def train_command(config_file, resume, stop_after, quiet, **options):
     \b
     Examples:
       edgeaudio train --data my_recordings/           # one sub-folder per class: the
-                                                      # default recipe (mn04-short, mn04)
+                                                      # default recipe (mn04-short320)
       edgeaudio train --data labels.csv               # path,label[,fold]
       edgeaudio train --data ../shared/data/esc50 --layout esc50 --fold 1 \\
           --student small --teacher yamnet --teacher efficientat --reg con --out runs/f1

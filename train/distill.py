@@ -74,7 +74,7 @@ class DistillConfig(Settings):
     layout: str | None = None
     fold: int | None = None
     classes: str | None = None
-    student: str = "mn04-short"        # the default recipe's student (README: the ablation)
+    student: str = "mn04-short320"     # the default recipe's student (README: the ablation)
     init: str = "mn04"                 # mn students: "mn04" (inherit) or "random"
     importance: str = "bn"             # how inherited channels are chosen: "bn" or "l1"
     # re-estimate BN statistics after inheriting: off, as on an ESC-10 probe it helped one

@@ -36,8 +36,16 @@ def test_every_committed_configuration_builds_and_validates(path):
     assert read_config_file(path)["description"]  # every row says what it is
 
 
-def test_the_default_model_recipe_means_the_flags_it_replaced():
+def test_the_default_model_recipe_is_what_train_runs_with_no_options():
+    from edgeaudio.train.distill import DistillConfig
     cfg, _ = training_settings(REPO / "recipes" / "esc50_default_model.toml",
+                               {"data": "esc50", "fold": 1})
+    assert cfg == DistillConfig(data="esc50", layout="esc50", fold=1)
+    assert (cfg.student, cfg.init, cfg.teacher) == ("mn04-short320", "mn04", "efficientat")
+
+
+def test_the_old_default_recipe_means_the_flags_it_replaced():
+    cfg, _ = training_settings(REPO / "bench" / "configs" / "train_esc50" / "kd+con.toml",
                                {"data": "esc50", "fold": 1})
     assert cfg == TrainConfig(data="esc50", layout="esc50", fold=1, student="small", epochs=40,
                               seed=0, eval_every=5, teachers=["yamnet", "efficientat"],

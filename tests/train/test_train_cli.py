@@ -157,7 +157,7 @@ def test_the_command_line_picks_the_distillation_recipe_unless_told_otherwise(gi
     cfg, _ = training_settings(None, {"data": "clips.csv", **given})
     assert isinstance(cfg, DistillConfig) == (loop == "distill")
     if loop == "distill" and "student" not in given:
-        assert (cfg.student, cfg.init, cfg.teacher) == ("mn04-short", "mn04", "efficientat")
+        assert (cfg.student, cfg.init, cfg.teacher) == ("mn04-short320", "mn04", "efficientat")
     if given == {"loop": "student"}:
         assert cfg.student == "small"
 
@@ -183,4 +183,4 @@ def test_the_default_recipe_distils_mn04_into_mn04_short_on_real_clips(small_csv
     assert metrics["n_test"] == 6
     from edgeaudio.train.checkpoint import load_student
     _, meta = load_student(out)
-    assert meta["student"] == "mn04-short"
+    assert meta["student"] == "mn04-short320"
