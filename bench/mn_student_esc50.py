@@ -139,13 +139,14 @@ DEPLOYED_FILES = {"int8 TFLite": ("model.int8.tflite", "litert"),
                   "float TFLite": ("model.tflite", "litert")}
 
 
-def deploy_rows(rows, folds, qat_epochs: int = 0) -> None:
+def deploy_rows(rows, folds, qat_epochs: int = 0, window: float | None = None) -> None:
     """Export each finished fold (``edgeaudio export``: int8 calibrated on 200 windows or
     calls from the training folds) and score the held-out fold's clips through the runtime
     exactly as ``edgeaudio classify`` does; ``deployed.json`` beside the run. With
-    ``qat_epochs`` (window graphs), ``edgeaudio export --qat-epochs N`` instead: the int8 files
+    ``qat_epochs`` (window graphs), ``edgeaudio export --qat N`` instead: the int8 files
     are quantization-aware fine-tuned when PTQ costs over 0.5 points; ``export-qatN/`` and
-    ``deployed-qatN.json``."""
+    ``deployed-qatN.json``. With ``window`` (seconds), ``--window``: files that take windows
+    of that length instead of the training crop (``-wS`` in the names)."""
     import csv
 
     from edgeaudio import Model
@@ -160,13 +161,15 @@ def deploy_rows(rows, folds, qat_epochs: int = 0) -> None:
             if not (run / "metrics.json").exists():
                 print(f"[{row} fold {fold}] not trained yet", flush=True)
                 continue
-            suffix = f"-qat{qat_epochs}" if qat_epochs else ""
+            suffix = (f"-qat{qat_epochs}" if qat_epochs else "") + \
+                (f"-w{window:g}" if window else "")
             out = run / f"export{suffix}"
             if not (out / "model.int8.tflite").exists():
                 t0 = time.time()
                 export_checkpoint(run, out, int8=True, calibration=200, data=str(ESC50),
                                   test_fold=fold, report=bool(qat_epochs),
-                                  qat_epochs=qat_epochs, tflm=False, echo=print)
+                                  qat_epochs=qat_epochs, tflm=False, window_seconds=window,
+                                  echo=print)
                 print(f"[{row} fold {fold}] exported ({time.time() - t0:.0f} s)", flush=True)
             test = [r for r in meta if r["fold"] == str(fold)]
             result = {"clips": len(test), "files": {}}
@@ -248,14 +251,27 @@ def collect() -> dict:
             deployed = run_dir(row, fold) / "deployed.json"
             if deployed.exists():
                 folds[fold]["deployed"] = json.loads(deployed.read_text())
-            for qat in sorted(run_dir(row, fold).glob("deployed-qat*.json")):
-                folds[fold][qat.stem] = json.loads(qat.read_text())
+            for variant in sorted(run_dir(row, fold).glob("deployed-*.json")):  # -qatN, -wS
+                folds[fold][variant.stem] = json.loads(variant.read_text())
         if folds:
             folds = dict(sorted(folds.items()))
             accs = [f["accuracy"] for f in folds.values()]
             results["rows"].append({"row": row, "description": description(row),
-                                    "folds": folds, "accuracy_mean": sum(accs) / len(accs)})
+                                    "folds": folds, "accuracy_mean": sum(accs) / len(accs),
+                                    "deployed_means": deployed_means(folds)})
     return results
+
+
+def deployed_means(folds: dict) -> dict:
+    """For each deployment (``deployed``, ``deployed-qat2``, ...): its files' accuracy through
+    classify averaged over the folds that have it, and which folds those are."""
+    means: dict = {}
+    for variant in sorted({k for f in folds.values() for k in f if k.startswith("deployed")}):
+        have = {k: f[variant]["files"] for k, f in folds.items() if variant in f}
+        means[variant] = {"folds": sorted(have), **{
+            name: sum(files[name]["accuracy"] for files in have.values()) / len(have)
+            for name in DEPLOYED_FILES if all(name in files for files in have.values())}}
+    return means
 
 
 def markdown(results: dict) -> str:
@@ -271,9 +287,16 @@ def markdown(results: dict) -> str:
         macs = one["macs_per_second"]
         minutes = sum(f["train_seconds"] for f in folds.values()) / len(folds) / 60
         teacher = one["teacher_test_accuracy"]
-        int8 = (folds.get(1) or {}).get("deployed", {}).get("files", {}).get("int8 TFLite")
-        deployed = "-" if int8 is None else \
-            f"{100 * int8['accuracy']:.1f} ({int8['bytes'] / 1000:.0f} KB)"
+        deployed = ", ".join(
+            f"{100 * v['files']['int8 TFLite']['accuracy']:.2f} {k[len('deployed-'):] or 'PTQ'}"
+            f" "
+            f"({v['files']['int8 TFLite']['bytes'] / 1000:.0f} KB)"
+            for k, v in (folds.get(1) or {}).items() if k.startswith("deployed")) or "-"
+        means = [f"{100 * m['int8 TFLite']:.1f} {k[len('deployed-'):] or 'PTQ'} (folds "
+                 f"{','.join(map(str, m['folds']))})"
+                 for k, m in r.get("deployed_means", {}).items() if len(m["folds"]) > 1]
+        if means:
+            many += "; int8 TFLite via classify: " + ", ".join(means)
         lines.append(f"| {r['description']} | {fold1} | {deployed} | {many} | {one['params']:,} | "
                      f"{macs['network'] / 1e6:.1f} M (+{macs['filterbank'] / 1e6:.1f} M front "
                      f"end) | {minutes:.0f} min | "
@@ -365,6 +388,8 @@ def main(argv=None) -> int:
     deploy.add_argument("--folds", default="1")
     deploy.add_argument("--qat-epochs", type=int, default=0,
                         help="quantization-aware fine-tuning when PTQ costs > 0.5 points")
+    deploy.add_argument("--window", type=float, default=None,
+                        help="seconds per model window (default: the training crop)")
     sub.add_parser("report", help="collect finished runs, write the JSON, print the table")
     sub.add_parser("list", help="rows, their commands and estimated cost")
     sub.add_parser("sanity", help="inherited weights before training: probe and logits")
@@ -381,7 +406,7 @@ def main(argv=None) -> int:
         run_rows(args.rows, parse_folds(args.folds), not args.quiet)
     elif args.command == "deploy":
         from edgeaudio.train.data import parse_folds
-        deploy_rows(args.rows, parse_folds(args.folds), args.qat_epochs)
+        deploy_rows(args.rows, parse_folds(args.folds), args.qat_epochs, args.window)
     elif args.command == "time":
         time_rows(args.rows or ROWS)
     elif args.command == "sanity":
