@@ -361,7 +361,8 @@ def train_command(config_file, resume, stop_after, quiet, **options):
           --student small --teacher yamnet --teacher efficientat --reg con --out runs/f1
       edgeaudio train --data ../shared/data/esc50 --layout esc50 --folds 1-5 \\
           --teacher yamnet --teacher efficientat --reg con --kd 0.7 --out runs/cv
-      edgeaudio train --config recipes/esc50_default_model.toml --fold 1 --out runs/f1
+      edgeaudio train --config recipes/esc50_default_model.toml \\
+          --data ../shared/data/esc50 --fold 1 --out runs/f1   # the bundled model's run
       edgeaudio train --data ../shared/data/esc50 --layout esc50 --classes esc10 \\
           --contrastive --unlabeled rest --out runs/esc10-contrastive   # ESC-40 unlabeled
       edgeaudio train --out runs/f1 --resume ...      # same flags; continues a killed run

@@ -69,6 +69,10 @@ def n_labels(n):
     return [f"class{i}" for i in range(n)]
 
 
+# the bundled student's stored filterbank: bands x FFT bins (n_fft // 2 + 1)
+BANDS, BINS = metadata_of(BUNDLED[".tflite"])["frontend"]["filterbank"]["shape"]
+
+
 # (field, new value or MISSING, the field the error must name): on the bundled student
 BUNDLED_CASES = [
     ("labels", MISSING, "labels"),
@@ -123,11 +127,12 @@ BUNDLED_CASES = [
     ("frontend.filterbank.kind", MISSING, "frontend.filterbank.kind"),
     ("frontend.filterbank.kind", "gammatone", "frontend.filterbank.kind"),
     ("frontend.filterbank.shape", MISSING, "frontend.filterbank.shape"),
-    ("frontend.filterbank.shape", "384x513", "frontend.filterbank.shape"),
-    ("frontend.filterbank.shape", [384], "frontend.filterbank.shape"),
-    ("frontend.filterbank.shape", [384, 2 * 10 ** 9], "frontend.filterbank.shape[1]"),
-    ("frontend.filterbank.shape", [384, 257], "frontend.filterbank.shape"),  # not n_fft//2+1
-    ("frontend.filterbank.shape", [385, 513], "frontend.filterbank.starts"),
+    ("frontend.filterbank.shape", f"{BANDS}x{BINS}", "frontend.filterbank.shape"),
+    ("frontend.filterbank.shape", [BANDS], "frontend.filterbank.shape"),
+    ("frontend.filterbank.shape", [BANDS, 2 * 10 ** 9], "frontend.filterbank.shape[1]"),
+    # as many FFT bins as a doubled n_fft would have, not n_fft // 2 + 1
+    ("frontend.filterbank.shape", [BANDS, 2 * BINS - 1], "frontend.filterbank.shape"),
+    ("frontend.filterbank.shape", [BANDS + 1, BINS], "frontend.filterbank.starts"),
     ("frontend.filterbank.encoding", "zip", "frontend.filterbank.encoding"),
     ("frontend.filterbank.dtype", "float16", "frontend.filterbank.dtype"),
     ("frontend.filterbank.data_b64", MISSING, "frontend.filterbank.data_b64"),
@@ -137,7 +142,7 @@ BUNDLED_CASES = [
     ("frontend.filterbank.starts", MISSING, "frontend.filterbank.starts"),
     ("frontend.filterbank.starts", "[2, 2]", "frontend.filterbank.starts"),
     ("frontend.filterbank.lengths", [1, 2], "frontend.filterbank.lengths"),
-    ("frontend.filterbank.lengths", [600] * 384, "frontend.filterbank.lengths[0]"),
+    ("frontend.filterbank.lengths", [BINS + 1] * BANDS, "frontend.filterbank.lengths[0]"),
     ("stream", [], "stream"),
     ("stream", "fast", "stream"),
     ("stream.hop_seconds", 0, "stream.hop_seconds"),
@@ -278,7 +283,7 @@ def test_oversized_metadata_refused_before_it_is_decoded(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
-@pytest.mark.parametrize("field, value", [("frontend.filterbank.shape", [384, 2 * 10 ** 9]),
+@pytest.mark.parametrize("field, value", [("frontend.filterbank.shape", [BANDS, 2 * 10 ** 9]),
                                           ("frontend.hop_length", 10 ** 9),
                                           ("n_frames", 10 ** 7)])
 def test_huge_sizes_refused_before_allocating(tmp_path, suffix, field, value):
@@ -295,7 +300,7 @@ def test_huge_sizes_refused_before_allocating(tmp_path, suffix, field, value):
     (".tflite", "stream.hop_seconds", 0, "classify"),       # hung before
     (".onnx", "n_frames", "199", "info"),                   # a traceback before
     (".tflite", "labels", n_labels(10), "classify"),        # mislabelled scores before
-    (".onnx", "frontend.filterbank.shape", [384, 2 * 10 ** 9], "info"),
+    (".onnx", "frontend.filterbank.shape", [BANDS, 2 * 10 ** 9], "info"),
 ])
 def test_cli_refuses_a_broken_field_with_exit_2(tmp_path, suffix, field, value, command):
     doc = changed(metadata_of(BUNDLED[suffix]), field, value)
