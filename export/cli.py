@@ -114,7 +114,10 @@ def model_info(student, ckpt: dict, name: str, checkpoint_path: Path) -> ModelIn
                   "checkpoint": checkpoint_path.name, "run": checkpoint_path.parent.name,
                   "config": ckpt.get("config") or {}, "metrics": metrics,
                   "exported_by": f"edgeaudio {__version__} export",
-                  "frontend": "learnable harmonic filterbank frozen into a stored matrix"}
+                  "frontend": ("learnable harmonic filterbank frozen into a stored matrix"
+                               if getattr(student.frontend, "learnable_filterbank", None)
+                               is not None else
+                               "the student's fixed filterbank, as trained")}
     info = ModelInfo(labels=list(ckpt["labels"]), frontend=student.frontend.frozen_spec(),
                      n_frames=int(ckpt["window_frames"]), name=name,
                      version=f"{ckpt['student']}-epoch{ckpt.get('epoch', 0)}",

@@ -49,6 +49,7 @@ def test_info_reads_each_file_with_the_front_end_and_labels(exported, name):
     info = Model(exported["out"] / name).info
     assert info.n_frames == exported["ckpt"]["window_frames"]
     assert info.provenance["student"] == "mn01"
+    assert info.provenance["frontend"] == "the student's fixed filterbank, as trained"
     np.testing.assert_array_equal(info.frontend.filterbank_matrix(),
                                   mn_frontend_spec().filterbank_matrix())
 
