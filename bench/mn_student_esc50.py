@@ -287,13 +287,14 @@ def markdown(results: dict) -> str:
         macs = one["macs_per_second"]
         minutes = sum(f["train_seconds"] for f in folds.values()) / len(folds) / 60
         teacher = one["teacher_test_accuracy"]
-        deployed = ", ".join(
-            f"{100 * v['files']['int8 TFLite']['accuracy']:.2f} {k[len('deployed-'):] or 'PTQ'}"
-            f" "
-            f"({v['files']['int8 TFLite']['bytes'] / 1000:.0f} KB)"
-            for k, v in (folds.get(1) or {}).items() if k.startswith("deployed")) or "-"
-        means = [f"{100 * m['int8 TFLite']:.1f} {k[len('deployed-'):] or 'PTQ'} (folds "
-                 f"{','.join(map(str, m['folds']))})"
+        def how(variant: str) -> str:  # "deployed-qat2" -> "qat2" (export --qat 2)
+            return variant[len("deployed-"):] or "PTQ"
+
+        int8 = {k: v["files"]["int8 TFLite"] for k, v in (folds.get(1) or {}).items()
+                if k.startswith("deployed")}
+        deployed = ", ".join(f"{100 * f['accuracy']:.2f} {how(k)} ({f['bytes'] / 1000:.0f} KB)"
+                             for k, f in int8.items()) or "-"
+        means = [f"{100 * m['int8 TFLite']:.1f} {how(k)} (folds {','.join(map(str, m['folds']))})"
                  for k, m in r.get("deployed_means", {}).items() if len(m["folds"]) > 1]
         if means:
             many += "; int8 TFLite via classify: " + ", ".join(means)
