@@ -3,7 +3,7 @@ convolution state from call to call, one call per chunk of front-end frames.
 
 The fixtures are real files: a tiny causal torch network (two states of different shapes)
 exported to ONNX and to TFLite by the same converters and metadata writers the export room
-uses, with the bundled model's front end. The runtime must score a recording as the torch
+uses, with a 20-ms-hop mel front end. The runtime must score a recording as the torch
 network does over the whole recording (states from zeros), stream it hop by hop to the same
 scores, keep the states advancing under the gate, and refuse a file whose metadata does not
 match its graph with one line naming the field."""
@@ -17,6 +17,7 @@ import soundfile as sf
 
 from edgeaudio import Model, ModelFileError
 from edgeaudio.model import activate
+from edgeaudio.frontend import FrontendSpec
 from edgeaudio.modelfile import DEFAULT_STREAM_SETTINGS, ModelInfo
 from edgeaudio.windows import iter_chunks, window_starts
 from tests.conftest import REPO
@@ -27,6 +28,10 @@ writers = pytest.importorskip("edgeaudio.export.writers")
 from edgeaudio.export.streaming import NamedCall, calibration_calls  # noqa: E402
 
 CHUNK_FRAMES, WINDOW_CHUNKS = 8, 4
+# 32-ms windows every 20 ms (the frame counts below follow from it): a chunk is 0.16 s
+FRONTEND = FrontendSpec(sample_rate=16000, n_fft=1024, win_length=512, hop_length=320,
+                        filterbank={"kind": "mel", "n_bins": 64, "fmin": 50.0, "fmax": 8000.0},
+                        log_offset=1e-6)
 LABELS = ["dog", "rooster", "crying_baby"]
 CHANNELS, TIME_KERNEL, MID_KERNEL = 4, 3, 4
 SCENE = REPO / "examples" / "scene.flac"   # a dog, a rooster, a crying baby; 16 kHz
@@ -105,7 +110,7 @@ def fixture(tmp_path_factory):
     from ai_edge_litert.interpreter import Interpreter
 
     root = tmp_path_factory.mktemp("stateful")
-    frontend = Model().info.frontend            # the bundled model's real front end
+    frontend = FRONTEND
     torch.manual_seed(0)
     net = CausalNet(frontend.n_bins).eval()
     example = example_inputs(net, frontend.n_bins)
@@ -434,10 +439,10 @@ BROKEN_FILES = [
     (_renamed("logits"), "streaming.logits: the graph has no output 'nope'"),
     (_state(0, "input", "nope"), r"streaming.states\[0\].input: the graph has no input 'nope'"),
     (_state(1, "output", "nope"), r"streaming.states\[1\].output: the graph has no output"),
-    (_state(0, "shape", [1, 3, 384]), r"streaming.states\[0\].input: graph input 'state_0' is "
-                                      r"\[1, 2, 384\], not \[1, 3, 384\]"),
-    (_more_frames, r"streaming.features: graph input 'features' is \[1, 8, 384\], not "
-                   r"\[1, 9, 384\] \(\[1, chunk_frames, bins\]\)"),
+    (_state(0, "shape", [1, 3, 64]), r"streaming.states\[0\].input: graph input 'state_0' is "
+                                     r"\[1, 2, 64\], not \[1, 3, 64\]"),
+    (_more_frames, r"streaming.features: graph input 'features' is \[1, 8, 64\], not "
+                   r"\[1, 9, 64\] \(\[1, chunk_frames, bins\]\)"),
     (_state_left_out, "streaming.states: graph input.s. 'state_1' are not named in it"),
 ]
 
