@@ -24,7 +24,9 @@ FILES = {"onnx": BUNDLED / "esc50-student.int8.onnx",
          "tflite": BUNDLED / "esc50-student.int8.tflite"}
 SEED = 22
 N_CUTS, N_FLIPS, N_METADATA_EDITS = 30, 45, 49   # per file: ~124 mutated copies of each
-ISSUE_CUT = 322_221      # the truncation that segfaulted tflite-runtime in issue 22
+# the truncation that segfaulted tflite-runtime in issue 22: the first 322,221 bytes of the
+# then bundled 341,536-byte file; the same share of the bundled file now
+ISSUE_CUT_SHARE = 322_221 / 341_536
 CASE_TIMEOUT_S = 30      # one load and one window take milliseconds; a stall is a hang
 TOTAL_TIMEOUT_S = 240
 TAG = "fuzz-case "
@@ -74,7 +76,7 @@ def mutations(data: bytes, fmt: str, rng) -> list:
     """(name, bytes) for every mutated copy of one file."""
     n = len(data)
     out = []
-    cuts = set(rng.integers(16, n, N_CUTS - 4).tolist()) | {17, n // 2, n - 1, ISSUE_CUT}
+    cuts = set(rng.integers(16, n, N_CUTS - 4).tolist()) | {17, n // 2, n - 1, int(n * ISSUE_CUT_SHARE)}
     out += [(f"cut-{c}", data[:c]) for c in sorted(cuts) if c < n]
     regions = [(0, n), (0, 4096), (n - 16384, n)]  # anywhere; the root tables; the tail
     for i in range(N_FLIPS):
@@ -200,13 +202,14 @@ def test_fuzzed_model_files_never_crash(tmp_path_factory):
 
 
 def test_truncated_tflite_through_the_cli_exit_2(tmp_path):
-    """The first 322,221 bytes of the bundled file segfaulted tflite-runtime (issue 22)."""
+    """A file cut where issue 22's cut segfaulted tflite-runtime (ISSUE_CUT_SHARE)."""
     import pytest
 
     from edgeaudio.backends import BACKENDS_FOR_FORMAT, backend_available
 
     cut = tmp_path / "cut.tflite"
-    cut.write_bytes(FILES["tflite"].read_bytes()[:ISSUE_CUT])
+    data = FILES["tflite"].read_bytes()
+    cut.write_bytes(data[:int(len(data) * ISSUE_CUT_SHARE)])
     backends = [b for b in BACKENDS_FOR_FORMAT["tflite"] if backend_available(b)]
     if not backends:
         pytest.skip("no TFLite backend installed")
