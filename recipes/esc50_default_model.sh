@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain and re-export the bundled default model (edgeaudio/models/esc50-student.int8.*).
 #
-#   bash recipes/esc50_default_model.sh     # ~80 min on one CPU thread, then ~15 min export
+#   bash recipes/esc50_default_model.sh     # ~100 min on one CPU thread, then ~13 min export
 #
 # The recipe is recipes/esc50_default_model.toml, the mn04-short320-inherit-distill row of
 # bench/mn_student_esc50.py: mn04-short320 inherited from EfficientAT mn04, taught online by

@@ -27,6 +27,12 @@ N_CUTS, N_FLIPS, N_METADATA_EDITS = 30, 45, 49   # per file: ~124 mutated copies
 # the truncation that segfaulted tflite-runtime in issue 22: the first 322,221 bytes of the
 # then bundled 341,536-byte file; the same share of the bundled file now
 ISSUE_CUT_SHARE = 322_221 / 341_536
+
+
+def issue_cut(n: int) -> int:
+    """Where issue 22's truncation falls in a file of ``n`` bytes."""
+    return int(n * ISSUE_CUT_SHARE)
+
 CASE_TIMEOUT_S = 30      # one load and one window take milliseconds; a stall is a hang
 TOTAL_TIMEOUT_S = 240
 TAG = "fuzz-case "
@@ -76,7 +82,7 @@ def mutations(data: bytes, fmt: str, rng) -> list:
     """(name, bytes) for every mutated copy of one file."""
     n = len(data)
     out = []
-    cuts = set(rng.integers(16, n, N_CUTS - 4).tolist()) | {17, n // 2, n - 1, int(n * ISSUE_CUT_SHARE)}
+    cuts = set(rng.integers(16, n, N_CUTS - 4).tolist()) | {17, n // 2, n - 1, issue_cut(n)}
     out += [(f"cut-{c}", data[:c]) for c in sorted(cuts) if c < n]
     regions = [(0, n), (0, 4096), (n - 16384, n)]  # anywhere; the root tables; the tail
     for i in range(N_FLIPS):
@@ -209,7 +215,7 @@ def test_truncated_tflite_through_the_cli_exit_2(tmp_path):
 
     cut = tmp_path / "cut.tflite"
     data = FILES["tflite"].read_bytes()
-    cut.write_bytes(data[:int(len(data) * ISSUE_CUT_SHARE)])
+    cut.write_bytes(data[:issue_cut(len(data))])
     backends = [b for b in BACKENDS_FOR_FORMAT["tflite"] if backend_available(b)]
     if not backends:
         pytest.skip("no TFLite backend installed")
