@@ -226,7 +226,7 @@ def scaling_options(run_options: dict) -> dict:
                    "(default: --validation-fraction of the training clips).")
 @click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of the training clips held out for validation (0: none, the last "
-                   "epoch is kept)." + _default("validation_fraction"))
+                   "epoch is kept)." + _default_per_loop("validation_fraction"))
 @click.option("--select", type=click.Choice(["best", "last"]), default=None,
               help="The epoch kept: best validation accuracy, or the last."
                    + _default("select"))

@@ -32,13 +32,19 @@ from mn04's weights (``init = "mn04"``, channels kept by ``importance``, BatchNo
 optionally re-estimated on training crops) or from random weights (``init = "random"``, the
 ablation arm). With ``teacher = ""`` the loss is the cross-entropy alone.
 
+The data are the student loop's (``edgeaudio.train.preparation.load_run_dataset``): a
+``background`` class of audio that is none of the classes, and validation clips (a
+``validation_fold`` or a ``validation_fraction`` of every class) left out of training and
+scored at each evaluation; the loop keeps the last epoch, and ``edgeaudio export`` chooses
+the stream threshold on the same clips.
+
 Under torchrun (``edgeaudio.train.distributed``) every rank draws the single process's global
 batch and mixup, runs the teacher and the DDP-wrapped student on its own rows of it, and rank
 0 writes the run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -49,12 +55,12 @@ from .augment import spec_augment
 from .cache import EmbeddingCache, teacher_features
 from .checkpoint import save_checkpoint
 from .config import Settings, TrainError
-from .data import (decode_dataset, load_dataset, make_crops, require_classes, select_classes,
-                   split_indices)
+from .data import decode_dataset, make_crops, require_classes, split_indices, validation_split
 from .evaluation import classification_report
 from .losses import Regularizer, fit_crossfit_probes, kd_loss, mixup_cross_entropy
 from .mn_student import IMPORTANCE, initialize, is_mn_student, recalibrate_batchnorm
 from .modules import RunModules, predict, training_features
+from .preparation import load_run_dataset
 from .run import EpochLoop, open_training_run
 from .schedule import adamw, epoch_order, schedule_step
 from .students import build_student, count_macs_per_second, count_params, \
@@ -62,7 +68,7 @@ from .students import build_student, count_macs_per_second, count_params, \
 from .teachers.registry import kd_head_for, parse_teacher_names
 
 EPOCH_LINE = ("epoch {epoch:3d}  loss {loss:.4f}  ce {ce:.4f}  kd {kd:.4f}  con {con:.4f}  "
-              "train acc {train_acc:.3f}  test acc {test}  ({seconds:.0f} s)")
+              "train acc {train_acc:.3f}  val acc {val}  test acc {test}  ({seconds:.0f} s)")
 RECALIBRATION_STREAM = 7207  # names the BN re-estimation's own random stream (seed, this)
 
 
@@ -74,6 +80,15 @@ class DistillConfig(Settings):
     layout: str | None = None
     fold: int | None = None
     classes: str | None = None
+    # a class of audio that is none of the classes (edgeaudio.train.data.with_background)
+    background: list = field(default_factory=list)
+    background_label: str = "background"
+    # validation clips, left out of training and scored at each evaluation: a fold of the
+    # data, else this fraction of every class. The last epoch is kept either way; export
+    # chooses the stream threshold on them. 0 (the default) trains on every training clip,
+    # as every ESC-50 row did.
+    validation_fold: int | None = None
+    validation_fraction: float = 0.0
     student: str = "mn04-short320"     # the default recipe's student (README: the ablation)
     init: str = "mn04"                 # mn students: "mn04" (inherit) or "random"
     importance: str = "bn"             # how inherited channels are chosen: "bn" or "l1"
@@ -124,6 +139,10 @@ class DistillConfig(Settings):
             raise TrainError(f"importance must be one of {', '.join(IMPORTANCE)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise TrainError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.background and not self.background_label.strip():
+            raise TrainError("--background-label must name the class")
+        if self.validation_fold is not None and self.validation_fold == self.fold:
+            raise TrainError(f"--validation-fold {self.validation_fold} is the test --fold")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor | None,
@@ -202,7 +221,7 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
 
     settings = student_frontend_settings(cfg.student)
     rate = int(settings["sample_rate"])
-    dataset = select_classes(load_dataset(cfg.data, cfg.layout), cfg.classes)[0]
+    dataset = load_run_dataset(cfg)[0]
     require_classes(dataset)
     dataset, waves = decode_dataset(dataset, rate, skip_unreadable=cfg.skip_unreadable,
                                     progress=progress)
@@ -210,6 +229,10 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
     train_idx, test_idx = split_indices(dataset, cfg.fold, seed=cfg.seed,
                                         test_fraction=cfg.test_fraction,
                                         train_fraction=cfg.train_fraction)
+    val_idx = np.array([], dtype=np.int64)
+    if cfg.validation_fold is not None or cfg.validation_fraction > 0:
+        train_idx, val_idx = validation_split(dataset, train_idx, fold=cfg.validation_fold,
+                                              fraction=cfg.validation_fraction, seed=cfg.seed)
     crop_s = cfg.crop_seconds or min(4.0, max(len(w) for w in waves) / rate)
     crop_samples = max(int(round(crop_s * rate)),
                        settings["win_length"] + 31 * settings["hop_length"])
@@ -338,16 +361,18 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
                   "train_acc": counted["correct"] / max(1, counted["seen"]),
                   "lr": optimizer.param_groups[0]["lr"],
                   "seconds": times["seconds"], "cpu_seconds": times["cpu_seconds"]}
-        if len(test_idx) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            held = held_out(test_idx)
-            record["test_acc"] = float((held.argmax(1) == dataset.targets[test_idx]).mean())
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            for key, indices in (("val_acc", val_idx), ("test_acc", test_idx)):
+                if len(indices):
+                    held = held_out(indices)
+                    record[key] = float((held.argmax(1) == dataset.targets[indices]).mean())
         ep.finish(record, history, lambda k, r: save(k, {"last_epoch": r}), EPOCH_LINE)
         if ep.stop:
             return {"stopped_after_epoch": epoch}
 
     metrics: dict = {"labels": labels, "student": cfg.student, "epochs": cfg.epochs,
                      "test_fold": cfg.fold, "n_train": int(len(train_idx)),
-                     "n_test": int(len(test_idx))}
+                     "n_validation": int(len(val_idx)), "n_test": int(len(test_idx))}
     if len(test_idx):
         held = held_out(test_idx)
         metrics.update(classification_report(dataset.targets[test_idx], held.argmax(1), labels))

@@ -33,9 +33,9 @@ from .teachers.base import align_frames
 from .teachers.registry import kd_head_for, parse_teacher_names
 
 
-def load_run_dataset(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
-    """(the labeled dataset of a run: ``cfg.data`` restricted to ``cfg.classes``, plus its
-    background class when ``cfg.background`` names one; the rest)."""
+def load_run_dataset(cfg) -> tuple[Dataset, Dataset]:
+    """(the labeled dataset of a run, either loop's settings: ``cfg.data`` restricted to
+    ``cfg.classes``, plus its background class when ``cfg.background`` names one; the rest)."""
     labeled, rest = select_classes(load_dataset(cfg.data, cfg.layout), cfg.classes)
     if cfg.background:
         labeled = with_background(labeled, cfg.background, cfg.background_label,

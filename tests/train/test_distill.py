@@ -154,6 +154,25 @@ def test_the_checkpoint_is_a_student_checkpoint(toy_csv, tmp_path):  # noqa: F81
     assert saved["macs_per_second"]["network"] > 0
 
 
+def test_a_background_class_and_validation_clips_that_export_sees_too(toy_csv, tmp_path,  # noqa: F811
+                                                                   monkeypatch):
+    from edgeaudio.export.cli import plan_data
+    monkeypatch.setenv("EDGEAUDIO_CACHE", str(tmp_path / "cache"))  # the quiet clips it makes
+    cfg = config(toy_csv, epochs=1, con_reg=0.0, background=["silence"],
+                 validation_fraction=0.25)
+    metrics = run(cfg, tmp_path / "r", tmp_path, BandTeacher())
+    assert metrics["labels"] == ["high", "low", "noise", "background"]
+    # each fold: 12 clips + half of the 8 quiet ones; a quarter of each training class held out
+    assert (metrics["n_train"], metrics["n_validation"], metrics["n_test"]) == (12, 4, 16)
+    assert "val_acc" in metrics["history"][-1] and "test_acc" in metrics["history"][-1]
+    plan = plan_data(metrics["labels"], metrics["config"])
+    assert (len(plan.validation), len(plan.test)) == (metrics["n_validation"], metrics["n_test"])
+    # without validation settings every training clip trains, as the ESC-50 rows did
+    plain = run(config(toy_csv, epochs=1, con_reg=0.0), tmp_path / "p", tmp_path, BandTeacher())
+    assert plain["n_validation"] == 0 and plain["n_train"] == 12
+    assert plan_data(plain["labels"], plain["config"]).validation == []
+
+
 def test_settings_are_checked_and_a_run_is_never_overwritten(toy_csv, tmp_path):  # noqa: F811
     with pytest.raises(TrainError, match="init mn04 needs an mn student"):
         config(toy_csv, student="tiny", init="mn04").validate()

@@ -144,6 +144,8 @@ def test_an_unlabeled_folder_without_audio_is_a_one_line_error(small_csv, tmp_pa
     ({}, "distill"),
     ({"fold": 2, "epochs": 3, "lr": 1e-4}, "distill"),     # settings both loops have
     ({"student": "mn02"}, "distill"),
+    ({"background": ["silence"], "validation_fold": 5}, "distill"),
+    ({"select": "best"}, "student"),                         # the epoch kept on validation
     ({"student": "tiny"}, "student"),                        # a harmonic student
     ({"teachers": ["yamnet"], "reg": "con"}, "student"),     # the student loop's settings
     ({"folds": "1-5"}, "student"),                           # cross-validation
