@@ -13,8 +13,10 @@ gitignored):
   second or zero-padded to 1.000 s, in two ``path,label,fold`` CSVs:
   - ``digits.csv``, speakers held out: one fold per speaker (george 1, jackson 2, lucas 3,
     nicolas 4, theo 5, yweweler 6); fold 6 is the test split, fold 5 the validation speaker
-    (rows ``small``, ``small-speed``, ``mn02-inherit``). Four training speakers: this measures
-    how a student generalises to a new voice.
+    (rows ``small``, ``small-speed``, ``mn02-inherit``; the default recipe against the former
+    one: ``mn04-short320-distill`` and ``small-kdcon``, whose teacher's probe on the same split
+    the distillation run's metrics carry). Four training speakers: this measures how a student
+    generalises to a new voice.
   - ``digits-takes.csv``, FSDD's own split: its test set, takes 0-4 of every speaker and
     digit (fold 1, 300 clips), takes 5-9 as validation (fold 2), takes 10-49 for training
     (row ``small-takes``). The voices are known: this measures what the deployed file and its

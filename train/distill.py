@@ -376,6 +376,11 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
     if len(test_idx):
         held = held_out(test_idx)
         metrics.update(classification_report(dataset.targets[test_idx], held.argmax(1), labels))
+    # the student loop's keys: this loop keeps the last epoch
+    metrics["selected_epoch"] = cfg.epochs
+    metrics["validation_accuracy"] = (float((held_out(val_idx).argmax(1) ==
+                                             dataset.targets[val_idx]).mean())
+                                      if len(val_idx) else None)
     metrics.update({
         "params": count_params(network),
         "macs_per_second": {k: int(v) for k, v in count_macs_per_second(student).items()},

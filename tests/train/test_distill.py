@@ -165,6 +165,8 @@ def test_a_background_class_and_validation_clips_that_export_sees_too(toy_csv, t
     # each fold: 12 clips + half of the 8 quiet ones; a quarter of each training class held out
     assert (metrics["n_train"], metrics["n_validation"], metrics["n_test"]) == (12, 4, 16)
     assert "val_acc" in metrics["history"][-1] and "test_acc" in metrics["history"][-1]
+    assert metrics["validation_accuracy"] == metrics["history"][-1]["val_acc"]
+    assert metrics["selected_epoch"] == 1
     plan = plan_data(metrics["labels"], metrics["config"])
     assert (len(plan.validation), len(plan.test)) == (metrics["n_validation"], metrics["n_test"])
     # without validation settings every training clip trains, as the ESC-50 rows did
