@@ -166,7 +166,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     ran = sub.add_parser("run", help="train rows (resumable; finished rows are skipped)")
-    ran.add_argument("rows", nargs="*", choices=ROWS, default=ROWS)
+    ran.add_argument("rows", nargs="*", help=f"of {', '.join(ROWS)} (default: every row)")
     sub.add_parser("probe", help="linear probes of the teachers on the same split")
     sub.add_parser("report", help="collect, write the JSON, print the table")
     args = parser.parse_args(argv)
@@ -174,6 +174,9 @@ def main(argv=None) -> int:
         print(f"drum one-shots not found under {DRUMS} (set EDGEAUDIO_SHARED)", file=sys.stderr)
         return 2
     if args.command == "run":
+        unknown = sorted(set(args.rows) - set(ROWS))
+        if unknown:
+            parser.error(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROWS)}")
         run(args.rows or ROWS)
     elif args.command == "probe":
         probe()
