@@ -82,13 +82,17 @@ def plan_data(labels: list, config: dict, data=None, test_fold=None, calibration
             raise DatasetError(f"{dataset.source}: label(s) {', '.join(unknown[:5])} unknown to "
                                f"the model (it knows {', '.join(labels[:10])}"
                                f"{' ...' if len(labels) > 10 else ''})")
+        if run_cfg is not None and not data and test_fold is None and (
+                run_cfg.validation_fold is not None or run_cfg.validation_fraction > 0):
+            # the run's validation clips choose the stream threshold; as in training, neither
+            # calibration nor quantization-aware fine-tuning sees them
+            train_idx, val_idx = validation_split(dataset, train_idx,
+                                                  fold=run_cfg.validation_fold,
+                                                  fraction=run_cfg.validation_fraction,
+                                                  seed=run_cfg.seed)
+            plan.validation = dataset_clips(dataset, labels, val_idx)
         plan.train = dataset_clips(dataset, labels, train_idx)
         plan.test = dataset_clips(dataset, labels, test_idx)
-        if run_cfg is not None and not data and test_fold is None:
-            _, val_idx = validation_split(dataset, train_idx, fold=run_cfg.validation_fold,
-                                          fraction=run_cfg.validation_fraction,
-                                          seed=run_cfg.seed)
-            plan.validation = dataset_clips(dataset, labels, val_idx)
         held_out = (f"fold {dataset.items[test_idx[0]].fold}" if dataset.has_folds
                     and len(test_idx) else "held-out split")
         plan.train_source = f"{dataset.source} (training split)"

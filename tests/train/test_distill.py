@@ -168,7 +168,10 @@ def test_a_background_class_and_validation_clips_that_export_sees_too(toy_csv, t
     assert metrics["validation_accuracy"] == metrics["history"][-1]["val_acc"]
     assert metrics["selected_epoch"] == 1
     plan = plan_data(metrics["labels"], metrics["config"])
-    assert (len(plan.validation), len(plan.test)) == (metrics["n_validation"], metrics["n_test"])
+    assert (len(plan.train), len(plan.validation), len(plan.test)) == (
+        metrics["n_train"], metrics["n_validation"], metrics["n_test"])
+    # calibration and QAT draw from plan.train: never the clips that choose the threshold
+    assert not {c.path for c in plan.train} & {c.path for c in plan.validation}
     # without validation settings every training clip trains, as the ESC-50 rows did
     plain = run(config(toy_csv, epochs=1, con_reg=0.0), tmp_path / "p", tmp_path, BandTeacher())
     assert plain["n_validation"] == 0 and plain["n_train"] == 12
