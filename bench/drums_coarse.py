@@ -8,8 +8,8 @@ kits held out, with each teacher's linear probe on the same split beside them.
     .venv/bin/python bench/drums_coarse.py report              # bench/results/drums_coarse.json
 
 Data: the one-shots of ``index.csv`` under their ``coarse_class`` (kick, snare, hihat,
-cymbal, tom, clap, cowbell, rim/stick, other; a file the index lists twice, once), written once as a ``path,label,fold`` CSV under
-``runs/bench/drums_coarse`` (gitignored). A kit is one fold's: the 14 kits, largest first, go
+cymbal, tom, clap, cowbell, rim/stick, other; a file the index lists twice, once), written
+once as a ``path,label,fold`` CSV under ``runs/bench/drums_coarse`` (gitignored). A kit is one fold's: the 14 kits, largest first, go
 to whichever of 5 folds holds the fewest clips so far, so a test kit's recording chain and
 samples are never heard in training. Fold 1 is the test fold of every row and probe.
 
