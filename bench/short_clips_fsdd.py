@@ -3,6 +3,9 @@
 
     .venv/bin/python bench/short_clips_fsdd.py run ROW...     # data, training (resumable), export
     .venv/bin/python bench/short_clips_fsdd.py report ROW...  # measure; bench/results/short_clips_fsdd.json
+    .venv/bin/python bench/short_clips_fsdd.py run ROW --qat 2      # also an int8 file after 2
+    .venv/bin/python bench/short_clips_fsdd.py report ROW --qat 2   # QAT epochs: row ROW-qat2
+    .venv/bin/python bench/short_clips_fsdd.py probe          # each teacher's linear probe
 
 A row is a configuration file ``bench/configs/short_clips_fsdd/<row>.toml`` run through
 ``edgeaudio train --config`` (then ``edgeaudio export --int8``); its ``data`` names the split's
@@ -15,7 +18,8 @@ gitignored):
     nicolas 4, theo 5, yweweler 6); fold 6 is the test split, fold 5 the validation speaker
     (rows ``small``, ``small-speed``, ``mn02-inherit``; the default recipe against the former
     one: ``mn04-short320-distill`` and ``small-kdcon``, whose teacher's probe on the same split
-    the distillation run's metrics carry). Four training speakers: this measures how a student
+    the distillation run's metrics carry; ``mn04-short320-distill-shift``, the default recipe
+    with crops shifted as in ``small-shift``). Four training speakers: this measures how a student
     generalises to a new voice.
   - ``digits-takes.csv``, FSDD's own split: its test set, takes 0-4 of every speaker and
     digit (fold 1, 300 clips), takes 5-9 as validation (fold 2), takes 10-49 for training
@@ -29,6 +33,11 @@ gitignored):
 * The held-out stream: every test digit, each after a gap of 3-6 s (seeded) of digital
   silence, quiet noise, ESC-50 ambience from fold 5 or a one-shot from the other half of the
   drum kits (audio the model never trained on), at the digits' own level.
+
+``--qat N`` exports a second int8 file after N epochs of quantization-aware fine-tuning
+(``edgeaudio export --qat N``, ``models-qatN/``), reported as the row ``ROW-qatN``. ``probe``
+runs ``edgeaudio probe --teacher yamnet --teacher efficientat`` on the speakers split's digits
+(no background class; fold 6 tested) into bench/results/short_clips_fsdd_probes.json.
 
 The exported file's own streaming defaults (smoothing and patience from the 1-s clips, the
 threshold chosen on the validation clips) are what `listen` uses. Measured:
@@ -62,6 +71,7 @@ SHARED = shared_dir()
 WORK = REPO / "runs" / "bench" / "short_clips_fsdd"
 CONFIGS = REPO / "bench" / "configs" / "short_clips_fsdd"   # one row a file: small, mn02-inherit
 RESULTS = REPO / "bench" / "results" / "short_clips_fsdd.json"
+PROBES = REPO / "bench" / "results" / "short_clips_fsdd_probes.json"
 RATE = 16000
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 # two splits of the same clips, one CSV each; a row's configuration names its CSV (``data``,
@@ -166,13 +176,14 @@ def edgeaudio(*args, log: Path | None = None) -> None:
         subprocess.run(cmd, check=True, cwd=REPO, stderr=out if log else None)
 
 
-def row_dirs(row: str) -> tuple[Path, Path]:
-    """(run folder, model folder) of a row; the first row keeps the folders it was run in."""
-    return ((WORK / "run", WORK / "models") if row == "small"
-            else (WORK / row / "run", WORK / row / "models"))
+def row_dirs(row: str, qat_epochs: int = 0) -> tuple[Path, Path]:
+    """(run folder, model folder) of a row; the first row keeps the folders it was run in.
+    With ``qat_epochs`` the model folder is the quantization-aware file's."""
+    base = WORK if row == "small" else WORK / row
+    return base / "run", base / ("models" + (f"-qat{qat_epochs}" if qat_epochs else ""))
 
 
-def run(row: str) -> None:
+def run(row: str, qat_epochs: int = 0) -> None:
     prepare()
     data, _ = row_split(row)
     run_dir, models = row_dirs(row)
@@ -184,6 +195,25 @@ def run(row: str) -> None:
     if not (models / "model.int8.tflite").exists():
         edgeaudio("export", run_dir, "--int8", "--format", "tflite", "--calibration", 200,
                   "--out", models, log=run_dir.parent / "export.err")
+    qat_models = row_dirs(row, qat_epochs)[1]
+    if qat_epochs and not (qat_models / "model.int8.tflite").exists():
+        # --qat-threshold 0: fine-tune whatever PTQ costs, so the row always measures QAT
+        edgeaudio("export", run_dir, "--int8", "--format", "tflite", "--calibration", 200,
+                  "--qat", qat_epochs, "--qat-threshold", 0, "--out", qat_models,
+                  log=run_dir.parent / "export.err")
+
+
+def probe() -> int:
+    """Each teacher's linear probe (and the log-mel baseline) on the digits, speakers held out."""
+    data = prepare()
+    done = subprocess.run([sys.executable, "-m", "edgeaudio", "probe", "--teacher", "yamnet",
+                           "--teacher", "efficientat", "--data", str(data), "--folds", "6",
+                           "--json"], capture_output=True, text=True, check=True, cwd=REPO)
+    atomic_write_json(PROBES, json.loads(done.stdout))
+    for r in json.loads(done.stdout):
+        print(f"| {r['teacher']} + linear probe | {100 * r['mean_accuracy']:.1f} % |")
+    print(f"\n{PROBES.relative_to(REPO)}", file=sys.stderr)
+    return 0
 
 
 def held_out_stream(rows: list, window_seconds: float) -> tuple[np.ndarray, list, dict]:
@@ -217,15 +247,16 @@ def held_out_stream(rows: list, window_seconds: float) -> tuple[np.ndarray, list
     return np.concatenate(parts), truth, kinds
 
 
-def report(row: str) -> dict | None:
+def report(row: str, qat_epochs: int = 0) -> dict | None:
     from edgeaudio import load_model
     from edgeaudio.event_scoring import alarm_summary, latency_summary, score_stream
     from edgeaudio.stream import Event
 
-    run_dir, models = row_dirs(row)
+    run_dir, models = row_dirs(row, qat_epochs)
     path = models / "model.int8.tflite"
     if not path.exists():
-        print(f"{path} not found: run `bench/short_clips_fsdd.py run {row}` first",
+        qat = f" --qat {qat_epochs}" if qat_epochs else ""
+        print(f"{path} not found: run `bench/short_clips_fsdd.py run {row}{qat}` first",
               file=sys.stderr)
         return None
     model = load_model(path, backend="litert")
@@ -270,7 +301,8 @@ def report(row: str) -> dict | None:
         "machine": {"platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
-        "row": row, "config": str((CONFIGS / f"{row}.toml").relative_to(REPO)),
+        "row": row + (f"-qat{qat_epochs}" if qat_epochs else ""),
+        "config": str((CONFIGS / f"{row}.toml").relative_to(REPO)), "qat_epochs": qat_epochs,
         "student": metrics["student"], "params": metrics["params"],
         "selected_epoch": metrics["selected_epoch"], "epochs": metrics["epochs"],
         "validation_accuracy": metrics["validation_accuracy"],
@@ -293,6 +325,7 @@ def report(row: str) -> dict | None:
                    "listen_wall_seconds": round(listen_seconds, 1)},
     }
     c, li = results["classify"], results["listen"]
+    row = results["row"]
     print(f"| {row}: int8 TFLite through classify | {100 * c['accuracy_classify']:.1f} % "
           f"| same file, one window per clip | {100 * c['accuracy_one_window']:.1f} % "
           f"| difference {c['difference_points']:+.1f} points |")
@@ -306,19 +339,26 @@ def report(row: str) -> dict | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("command", choices=["run", "report", "probe"])
     parser.add_argument("rows", nargs="*", default=["small"],
                         help=f"rows (configuration files in {CONFIGS.relative_to(REPO)}); "
                              f"default: small")
+    parser.add_argument("--qat", type=int, default=0, metavar="EPOCHS",
+                        help="run: also export an int8 file after EPOCHS of quantization-aware "
+                             "fine-tuning; report: measure that file (row ROW-qatEPOCHS)")
     args = parser.parse_args(argv)
     if not (SHARED / "data" / "fsdd" / "recordings").is_dir():
         print(f"FSDD not found under {SHARED} (set EDGEAUDIO_SHARED)", file=sys.stderr)
         return 2
+    if args.qat < 0:
+        parser.error("--qat must be >= 0 epochs")
+    if args.command == "probe":
+        return probe()
     if args.command == "run":
         for row in args.rows:
-            run(row)
+            run(row, args.qat)
         return 0
-    rows = [r for r in (report(row) for row in args.rows) if r is not None]
+    rows = [r for r in (report(row, args.qat) for row in args.rows) if r is not None]
     if not rows:
         return 2
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

@@ -6,10 +6,11 @@ run resumed after epoch k continues bit-exactly as the uninterrupted run would. 
 ``checkpoint.pt`` is the student checkpoint every other command reads
 (``edgeaudio.train.checkpoint.load_student``, ``edgeaudio export``).
 
-Per step: random crops (+gain) -> mixup of the waveforms -> the *same* mixed crops go to the
-teacher (online, never cached: every epoch's crops and mixtures are new views, as in Beyer et
-al. 2022, "Knowledge distillation: a good teacher is patient and consistent") and to the
-student (front end, optional SpecAugment, network). The teacher is
+Per step: random crops (+gain, optionally shifted past the clip's ends) -> mixup of the
+waveforms -> the *same* mixed crops go to the teacher (online, never cached: every epoch's
+crops and mixtures are new views, as in Beyer et al. 2022, "Knowledge distillation: a good
+teacher is patient and consistent") and to the student (front end, optional SpecAugment,
+network). The teacher is
 
 - ``efficientat`` (mn04, AudioSet) or any registry teacher: its pooled embedding of the
   mixed crop, through linear probes cross-fitted once on the clean training clips' pooled
@@ -107,6 +108,9 @@ class DistillConfig(Settings):
     seed: int = 0
     crop_seconds: float | None = None  # None: min(4 s, longest clip)
     gain_db: float = 6.0
+    # crops moved up to this far past a clip's ends (teacher and student see the same shifted
+    # crop), so a sound is also learnt where a streaming window first meets it; 0 = off
+    shift_seconds: float = 0.0
     mixup: float = 0.3                 # Beta(a, a); 0 = off
     specaugment: bool = False          # masks the student's features only (the teacher's
     time_masks: int = 2                # input is the waveform): off keeps them consistent
@@ -128,6 +132,8 @@ class DistillConfig(Settings):
             raise TrainError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         if self.con_reg < 0:
             raise TrainError(f"con_reg must be >= 0, got {self.con_reg}")
+        if self.shift_seconds < 0:
+            raise TrainError(f"--shift must be >= 0 seconds, got {self.shift_seconds}")
         if not self.teacher and self.con_reg > 0:
             raise TrainError("con_reg needs a teacher")
         if self.init not in ("random", "mn04"):
@@ -317,7 +323,8 @@ def train_distill(cfg: DistillConfig, out_dir, *, resume: bool = False, progress
         for step in range(steps_per_epoch):
             schedule_step(optimizer, cfg, epoch, step, steps_per_epoch)
             idx = order[step * batch_size:(step + 1) * batch_size]
-            x = make_crops(waves, idx, crop_samples, rate, rng, gain_db=cfg.gain_db).waves
+            x = make_crops(waves, idx, crop_samples, rate, rng, gain_db=cfg.gain_db,
+                           shift_seconds=cfg.shift_seconds).waves
             lam, perm = 1.0, np.arange(len(idx))
             if cfg.mixup > 0:
                 lam = float(rng.beta(cfg.mixup, cfg.mixup))

@@ -141,6 +141,23 @@ def test_the_teacher_sees_each_steps_crops_online(toy_csv, tmp_path, mixup):  # 
     assert plain == len(online) if mixup == 0.0 else plain < len(online) // 2
 
 
+def test_shifted_crops_reach_past_the_clips_ends_as_the_teacher_sees_them(toy_csv,  # noqa: F811
+                                                                         tmp_path):
+    teacher = BandTeacher()
+    run(config(toy_csv, epochs=1, mixup=0.0, gain_db=0.0, shift_seconds=0.5), tmp_path / "r",
+        tmp_path, teacher)
+    clips = [w for w in teacher.seen if len(w) == 16000]
+    online = [w for w in teacher.seen if len(w) == int(0.64 * 16000)]
+    # a 0.64-s crop of a 1-s clip never holds 50 ms of digital silence unless it was moved
+    # past the clip's start or end; what it holds of the clip is still the clip's own audio
+    edge = 800
+    moved = [w for w in online if not w[:edge].any() or not w[-edge:].any()]
+    assert 0 < len(moved) < len(online)
+    for w in moved:
+        kept = np.trim_zeros(w)
+        assert len(kept) < len(w) and is_slice_of(kept, clips)
+
+
 def test_the_checkpoint_is_a_student_checkpoint(toy_csv, tmp_path):  # noqa: F811
     metrics = run(config(toy_csv, epochs=1, con_reg=0.0), tmp_path / "r", tmp_path,
                   BandTeacher())
