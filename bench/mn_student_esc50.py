@@ -15,8 +15,8 @@ distillation from the fitted mn04 beside them. Fold 1 first; the best row then o
 
 Each row is a configuration file ``bench/configs/mn_student_esc50/<row>.toml``; those with
 ``loop = "distill"`` run the distillation loop, the others ``edgeaudio train``'s student loop.
-``mn02-inherit-old`` is mn02-random-old's file with ``init = "mn04"`` (``--init mn04``), which
-the student loop does not take yet: ``list`` says so and ``run`` skips it until it does.
+``mn02-inherit-old`` is mn02-random-old's file with ``init = "mn04"`` (``--init mn04``), and
+``mn04-short320-inherit-old`` mn04-short320-random-old's.
 Runs live in ``runs/bench/mn_student_esc50/<row>/fold<k>`` (gitignored); a killed row continues
 from its checkpoint, a finished one (``metrics.json``) is skipped. One torch thread a run: at
 most two at once on a 2-core machine. ``time`` runs 3 steps of each row on ESC-10 (the teacher
@@ -51,11 +51,16 @@ ROWS = ["small-old", "mn02-random-old", "mn02-inherit-old", "small-distill",
         "mn02-random-distill", "mn02-inherit-distill", "mn02-inherit-distill-patient",
         "mn01-inherit-distill", "mn02-inherit-distill-fitted", "mn02-stream-inherit-distill",
         "mn02-stream-inherit-distill-con", "mn04-short-inherit-distill",
-        "mn04-short-stream-inherit-distill", "mn04-short320-inherit-distill"]
+        "mn04-short-stream-inherit-distill", "mn04-short320-inherit-distill",
+        # the bundled family's own ablation: random weights, and the old recipe
+        "mn04-short320-random-distill", "mn04-short320-random-old", "mn04-short320-inherit-old"]
 TRAIN_CLIPS, CLIPS = 1600, 2000  # ESC-50, one fold held out
 # rows that are another row's file with settings added: row -> (file's row, settings)
-DERIVED = {"mn02-inherit-old": ("mn02-random-old", {"init": "mn04"})}
-DESCRIPTIONS = {"mn02-inherit-old": "mn02 inherited from mn04, old recipe (cached probe KD 0.7)"}
+DERIVED = {"mn02-inherit-old": ("mn02-random-old", {"init": "mn04"}),
+           "mn04-short320-inherit-old": ("mn04-short320-random-old", {"init": "mn04"})}
+DESCRIPTIONS = {"mn02-inherit-old": "mn02 inherited from mn04, old recipe (cached probe KD 0.7)",
+                "mn04-short320-inherit-old":
+                    "mn04-short320 inherited from mn04, old recipe (cached probe KD 0.7)"}
 
 
 def row_file(row: str) -> Path:
