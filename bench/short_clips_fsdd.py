@@ -297,6 +297,10 @@ def report(row: str, qat_epochs: int = 0) -> dict | None:
     alarms = alarm_summary([score])
     per_10min = alarms["false_alarms"] / (alarms["background_hours"] * 6)
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    # what export did: PTQ, or QAT when PTQ cost more than the threshold and QAT did better
+    export_report = models / "export_report.json"
+    quantization = (json.loads(export_report.read_text()).get("quantization")
+                    if export_report.exists() else None)
     results = {
         "machine": {"platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(),
@@ -308,7 +312,8 @@ def report(row: str, qat_epochs: int = 0) -> dict | None:
         "validation_accuracy": metrics["validation_accuracy"],
         "test_accuracy_float_whole_clips": metrics["accuracy"],
         "model": {"file": str(path.relative_to(REPO)), "bytes": path.stat().st_size,
-                  "window_seconds": model.info.window_seconds, "stream": settings},
+                  "window_seconds": model.info.window_seconds, "stream": settings,
+                  "quantization": quantization},
         "classify": {"clips": len(rows), "accuracy_classify": acc_classify,
                      "accuracy_one_window": acc_window,
                      "difference_points": 100 * (acc_classify - acc_window),
