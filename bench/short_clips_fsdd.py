@@ -197,7 +197,8 @@ def run(row: str, qat_epochs: int = 0) -> None:
                   "--out", models, log=run_dir.parent / "export.err")
     qat_models = row_dirs(row, qat_epochs)[1]
     if qat_epochs and not (qat_models / "model.int8.tflite").exists():
-        # --qat-threshold 0: fine-tune whatever PTQ costs, so the row always measures QAT
+        # --qat-threshold 0: fine-tune whenever PTQ loses anything (export keeps the QAT file
+        # only if it does better; the row's "quantization" says which file it measured)
         edgeaudio("export", run_dir, "--int8", "--format", "tflite", "--calibration", 200,
                   "--qat", qat_epochs, "--qat-threshold", 0, "--out", qat_models,
                   log=run_dir.parent / "export.err")
