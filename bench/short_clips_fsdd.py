@@ -210,8 +210,9 @@ def probe() -> int:
     done = subprocess.run([sys.executable, "-m", "edgeaudio", "probe", "--teacher", "yamnet",
                            "--teacher", "efficientat", "--data", str(data), "--folds", "6",
                            "--json"], capture_output=True, text=True, check=True, cwd=REPO)
-    atomic_write_json(PROBES, json.loads(done.stdout))
-    for r in json.loads(done.stdout):
+    probes = json.loads(done.stdout)
+    atomic_write_json(PROBES, probes)
+    for r in probes:
         print(f"| {r['teacher']} + linear probe | {100 * r['mean_accuracy']:.1f} % |")
     print(f"\n{PROBES.relative_to(REPO)}", file=sys.stderr)
     return 0
