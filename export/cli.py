@@ -241,7 +241,7 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     from .clips import calibration_windows, labeled_windows
     from .model_files import write_model_files
     from .quantize import qat_finetune
-    from .report import EvalSet, build_report, eval_set, write_report
+    from .report import EvalSet, build_report, eval_set, int8_accuracy_drop, write_report
     from .streaming import streaming_calibration
 
     formats = list(dict.fromkeys(formats or FORMATS))
@@ -330,12 +330,22 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     drop = _int8_drop(rep["files"], rep["torch_float"].get("accuracy"))
     if int8 and q is not None:
         q["ptq_drop_points"] = drop
-    if int8 and qat_epochs and drop is not None and drop > qat_threshold:
-        echo(f"PTQ costs {drop:.2f} points (> {qat_threshold}): quantization-aware "
-             f"fine-tuning for {qat_epochs} epochs")
+    # PTQ or QAT is chosen on the run's validation clips when it has them, so that the clips
+    # the report scores take no part in which files are written; else on the report's clips
+    chooser = eval_set(plan.validation, info, "validation clips") if (
+        int8 and qat_epochs and plan.validation) else None
+    if chooser is not None and not (chooser.features and chooser.labeled):
+        chooser = None
+    choice_on = (f"{len(chooser.features)} validation clips" if chooser is not None
+                 else f"{len(data_set.features)} held-out clips (no validation clips)")
+    choice_drop = drop if chooser is None else int8_accuracy_drop(
+        network, info, [p for n, p in files.items() if ".int8." in n], chooser)
+    if int8 and qat_epochs and choice_drop is not None and choice_drop > qat_threshold:
+        echo(f"PTQ costs {choice_drop:.2f} points on {choice_on} (> {qat_threshold}): "
+             f"quantization-aware fine-tuning for {qat_epochs} epochs")
         x, y = labeled_windows(plan.train, info, per_clip=2, seed=seed)
         tuned = qat_finetune(network, info, x, y, epochs=qat_epochs, seed=seed,
-                                      calibration=cal)
+                             calibration=cal)
         qat_dir = out / ".qat"
         try:
             qat_files = write_model_files(
@@ -349,16 +359,23 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
                                    macs_per_second=macs, repeats=repeats, tflm=tflm,
                                    extra={"quantization": q_qat, **extra})
             drop_qat = _int8_drop(rep_qat["files"], rep_qat["torch_float"].get("accuracy"))
-            if drop_qat is not None and drop_qat < drop:
+            choice_qat = drop_qat if chooser is None else int8_accuracy_drop(
+                network, info, list(qat_files.values()), chooser)
+            choice = {"on": choice_on, "ptq_drop_points": choice_drop,
+                      "qat_drop_points": choice_qat}
+            if choice_qat is not None and choice_qat < choice_drop:
                 for n, p in qat_files.items():
                     write_file(files[n], p.read_bytes())
                 rep, q = rep_qat, q_qat
                 q["qat_drop_points"] = drop_qat
-                echo(f"QAT: int8 now within {drop_qat:.2f} points; kept")
+                q["choice"] = choice
+                echo(f"QAT: int8 now within {choice_qat:.2f} points on {choice_on}; kept")
             else:
                 q["qat_tried"] = {"epochs": qat_epochs, "drop_points": drop_qat}
+                q["choice"] = choice
                 rep["quantization"] = q
-                echo(f"QAT did not help ({drop_qat} points); kept the PTQ files")
+                echo(f"QAT did not help ({choice_qat} points on {choice_on}); kept the PTQ "
+                     "files")
         finally:
             shutil.rmtree(qat_dir, ignore_errors=True)
     result["report"] = rep
@@ -431,7 +448,8 @@ def third_party_output_to(log_path):
                    "split.")
 @click.option("--qat", "qat_epochs", default=0, show_default=True, type=click.IntRange(0),
               help="Quantization-aware fine-tuning epochs, used when PTQ costs more than "
-                   "--qat-threshold points of accuracy.")
+                   "--qat-threshold points of accuracy (on the run's validation clips when "
+                   "it has them, else on the held-out clips).")
 @click.option("--qat-threshold", default=0.5, show_default=True, type=float,
               help="Accuracy points int8 may lose before QAT is tried.")
 @click.option("--out", "-o", default="models", show_default=True,

@@ -143,6 +143,25 @@ def compare(scores: list, reference: list | None, data: EvalSet, pooling: str) -
     return d
 
 
+def int8_accuracy_drop(network, info: ModelInfo, files: list, data: EvalSet) -> float | None:
+    """Worst accuracy loss (points) of the int8 ``files``, through every installed backend,
+    against the torch float network on ``data``: accuracy only, no latencies (what chooses
+    between PTQ and QAT files)."""
+    if not (data.features and data.labeled):
+        return None
+    reference = compare(torch_window_scores(network, info, data), None, data,
+                        info.clip_pooling)["accuracy"]
+    accuracies = []
+    for path in map(Path, files):
+        fmt = "tflite" if path.suffix == ".tflite" else "onnx"
+        for backend in BACKENDS_FOR_FORMAT[fmt]:
+            if backend_available(backend):
+                model = Model(path, backend=backend, threads=1)
+                accuracies.append(compare(runtime_window_scores(model, data), None, data,
+                                          info.clip_pooling)["accuracy"])
+    return 100 * (reference - min(accuracies)) if accuracies else None
+
+
 @contextlib.contextmanager
 def one_blas_thread():
     """numpy's BLAS on 1 thread while timing, whatever the import order did (edgeaudio asks
@@ -344,7 +363,8 @@ def markdown(report: dict) -> str:
                         if q.get("calibration_windows") else "")
                      + (f" from {q['calibration_source']}" if q.get("calibration_source") else "")
                      + (f"; QAT {q['qat_epochs']} epochs because PTQ cost "
-                        f"{q['ptq_drop_points']:.2f} points" if q.get("method") == "QAT" else ""))
+                        f"{q['choice']['ptq_drop_points']:.2f} points on "
+                        f"{q['choice']['on']}" if q.get("method") == "QAT" else ""))
     ck = report.get("checkpoint")
     if ck and ck.get("metrics", {}).get("accuracy") is not None:
         lines.append(f"- checkpoint: epoch {ck.get('epoch')}, training's own held-out accuracy "

@@ -269,3 +269,34 @@ def test_int8_files_for_the_placeholder_log_mel_cnn(tmp_path, esc50):
         agree = np.mean(got.argmax(1) == expected.argmax(1))
         assert agree >= 0.9, (path.name, agree)
         assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max() + 0.05
+
+
+def test_qat_or_ptq_is_chosen_on_the_runs_validation_clips_not_the_reported_ones(tmp_path,
+                                                                                  esc50):
+    """A run with validation clips: export weighs QAT against PTQ on those clips, so the
+    held-out clips the report scores take no part in which int8 files are written."""
+    from edgeaudio.export.cli import export_checkpoint
+    from edgeaudio.train.cache import EmbeddingCache
+    from edgeaudio.train.loop import TrainConfig, train
+
+    from ..conftest import esc50_csv
+
+    data = esc50_csv(tmp_path, ["dog", "rain", "clock_tick"], train_per_class=8,
+                     test_per_class=3)
+    cfg = TrainConfig(data=str(data), fold=5, student="tiny", epochs=2, batch_size=4, lr=3e-3,
+                      warmup_epochs=0, crop_seconds=1.0, mixup=0.0, specaugment=False, seed=0,
+                      validation_fraction=0.25)
+    metrics = train(cfg, tmp_path / "run", progress=False,
+                    cache=EmbeddingCache(tmp_path / "cache"))
+    n_validation = metrics["n_validation"]
+    assert n_validation == 6
+    result = export_checkpoint(tmp_path / "run", tmp_path / "models", formats=["tflite"],
+                               calibration=16, qat_epochs=1, qat_threshold=-1e9, repeats=1,
+                               tflm=False)
+    q = result["report"]["quantization"]
+    assert q["choice"]["on"] == f"{n_validation} validation clips"
+    assert result["report"]["evaluation"]["clips"] == 9  # the report still scores fold 5
+    assert q["method"] in ("PTQ", "QAT")
+    # the choice followed the validation figures
+    assert (q["method"] == "QAT") == (q["choice"]["qat_drop_points"]
+                                      < q["choice"]["ptq_drop_points"])
