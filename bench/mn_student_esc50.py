@@ -149,7 +149,8 @@ def deploy_rows(rows, folds, qat_epochs: int = 0, window: float | None = None) -
     calls from the training folds) and score the held-out fold's clips through the runtime
     exactly as ``edgeaudio classify`` does; ``deployed.json`` beside the run. With
     ``qat_epochs`` (window graphs), ``edgeaudio export --qat N`` instead: the int8 files
-    are quantization-aware fine-tuned when PTQ costs over 0.5 points; ``export-qatN/`` and
+    are quantization-aware fine-tuned when PTQ costs over 0.5 points (on the run's
+    validation clips when it has them, else on the held-out fold); ``export-qatN/`` and
     ``deployed-qatN.json``. With ``window`` (seconds), ``--window``: files that take windows
     of that length instead of the training crop (``-wS`` in the names)."""
     import csv
@@ -171,8 +172,12 @@ def deploy_rows(rows, folds, qat_epochs: int = 0, window: float | None = None) -
             out = run / f"export{suffix}"
             if not (out / "model.int8.tflite").exists():
                 t0 = time.time()
-                export_checkpoint(run, out, int8=True, calibration=200, data=str(ESC50),
-                                  test_fold=fold, report=bool(qat_epochs),
+                # a run with validation clips exports on its own split, so that PTQ or QAT
+                # is chosen on those clips; the others on the held-out fold
+                validated = json.loads((run / "metrics.json").read_text()).get("n_validation")
+                split = {} if validated else {"data": str(ESC50), "test_fold": fold}
+                export_checkpoint(run, out, int8=True, calibration=200, **split,
+                                  report=bool(qat_epochs),
                                   qat_epochs=qat_epochs, tflm=False, window_seconds=window,
                                   echo=print)
                 print(f"[{row} fold {fold}] exported ({time.time() - t0:.0f} s)", flush=True)
