@@ -337,7 +337,7 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
     if chooser is not None and not (chooser.features and chooser.labeled):
         chooser = None
     choice_on = (f"{len(chooser.features)} validation clips" if chooser is not None
-                 else f"{len(data_set.features)} held-out clips (no validation clips)")
+                 else f"{len(data_set.features)} held-out clips (no validation clips used)")
     choice_drop = drop if chooser is None else int8_accuracy_drop(
         network, info, [p for n, p in files.items() if ".int8." in n], chooser)
     if int8 and qat_epochs and choice_drop is not None and choice_drop > qat_threshold:
