@@ -368,14 +368,13 @@ def export_checkpoint(run, out="models", formats=FORMATS, int8: bool = True,
                     write_file(files[n], p.read_bytes())
                 rep, q = rep_qat, q_qat
                 q["qat_drop_points"] = drop_qat
-                q["choice"] = choice
                 echo(f"QAT: int8 now within {choice_qat:.2f} points on {choice_on}; kept")
             else:
                 q["qat_tried"] = {"epochs": qat_epochs, "drop_points": drop_qat}
-                q["choice"] = choice
                 rep["quantization"] = q
                 echo(f"QAT did not help ({choice_qat} points on {choice_on}); kept the PTQ "
                      "files")
+            q["choice"] = choice
         finally:
             shutil.rmtree(qat_dir, ignore_errors=True)
     result["report"] = rep
