@@ -460,7 +460,9 @@ def third_party_output_to(log_path):
 @click.option("--no-tflm", is_flag=True, help="Skip the TensorFlow Lite Micro check.")
 @click.option("--window", type=click.FloatRange(0, min_open=True), default=None,
               help="Window the files take, in seconds (default: the training crop). Shorter "
-                   "windows cost less per stream hop and react faster to short events.")
+                   "windows cost less per stream hop and react faster to short events; "
+                   "clips all of one length score best with a window of that length "
+                   "(ESC-50: 5).")
 def export_command(run, formats, int8, calibration, calibration_data, data, test_fold,
                    eval_data, qat_epochs, qat_threshold, out, name, stem, no_report,
                    max_eval_clips, no_tflm, window):
